@@ -1,0 +1,1 @@
+"""Triton kernels (``@triton.jit`` only: no host logic lives here)."""

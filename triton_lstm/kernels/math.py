@@ -1,0 +1,49 @@
+"""Element-wise helpers shared by the LSTM kernels.
+
+``tl.extra.libdevice`` is unavailable in Triton's interpreter, so tanh is built from ``tl.exp``; the same code
+runs on the GPU. The dot helper hides the interpreter's broken bf16 ``tl.dot`` (it multiplies raw bit patterns).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(x):
+    # exp(-x) overflows to inf for very negative x, which gives exactly 0: no NaN.
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    """tanh from exp(-2|x|): never overflows, about 1 ulp in float32 and float64."""
+    abs_x = tl.abs(x)
+    e = tl.exp(-2.0 * abs_x)
+    magnitude = (1.0 - e) / (1.0 + e)
+    result = tl.where(x < 0, -magnitude, magnitude)
+    if x.dtype != tl.float64:
+        # 1 - e cancels for small |x|; below 0.125 the odd Taylor series (next term ~2e-10 relative) is exact
+        # to float32 rounding.
+        x2 = x * x
+        series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
+        result = tl.where(abs_x < 0.125, series, result)
+    return result
+
+
+@triton.jit
+def dot_acc(a, b, acc, UPCAST: tl.constexpr):
+    """acc + a @ b with the accumulator's precision (fp32, or fp64 for fp64 operands).
+
+    float32 operands use exact ("ieee") products, not tf32, to match torch.nn.LSTM. UPCAST converts the operands
+    to the accumulator's dtype first: the launcher sets it for bf16 under the interpreter only, so that the GPU
+    keeps its bf16 tensor-core path.
+    """
+    if UPCAST:
+        a = a.to(acc.dtype)
+        b = b.to(acc.dtype)
+    if acc.dtype == tl.float64:
+        return tl.dot(a, b, acc, out_dtype=tl.float64)
+    elif a.dtype == tl.float32:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)

@@ -1,0 +1,46 @@
+"""A plain PyTorch LSTM loop, differentiable and exact in any dtype (float64 for references).
+
+It follows torch.nn.LSTM's definition step by step; the kernel tests and the float64 tolerance rule compare
+against it. Dropout is not modelled.
+"""
+
+import torch
+
+
+def reference_lstm(x, hx, weights, *, num_layers, bias, bidirectional, proj_size, dtype=torch.float64):
+    """x: (T, B, I) seq-first; hx: (h0 (L*D, B, H_out), c0 (L*D, B, H)); weights: torch's flat-weight order.
+
+    Every tensor is converted to ``dtype`` first. Returns output (T, B, D*H_out), h_n, c_n in ``dtype``.
+    """
+    num_directions = 2 if bidirectional else 1
+    per_direction = 2 + 2 * bias + (proj_size > 0)
+    weights = [w.to(dtype) for w in weights]
+    h0, c0 = (t.to(dtype) for t in hx)
+    layer_input = x.to(dtype)
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(num_directions):
+            index = layer * num_directions + direction
+            group = weights[index * per_direction : (index + 1) * per_direction]
+            w_ih, w_hh = group[0], group[1]
+            b = group[2] + group[3] if bias else 0.0
+            w_hr = group[-1] if proj_size > 0 else None
+            h, c = h0[index], c0[index]
+            times = range(layer_input.shape[0])
+            steps = []
+            for t in reversed(times) if direction == 1 else times:
+                gates = layer_input[t] @ w_ih.t() + h @ w_hh.t() + b
+                i, f, g, o = gates.chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                if w_hr is not None:
+                    h = h @ w_hr.t()
+                steps.append(h)
+            if direction == 1:
+                steps.reverse()
+            outputs.append(torch.stack(steps))
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = torch.cat(outputs, dim=-1)
+    return layer_input, torch.stack(h_n), torch.stack(c_n)
