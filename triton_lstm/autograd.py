@@ -10,26 +10,26 @@ class LSTMLayerFunction(torch.autograd.Function):
     """One layer: inputs are the layer input and the weights stacked over directions (see ``launch``).
 
     forward(x (T, B, I), h0 (D, B, H_out), c0 (D, B, H), w_ih (D, 4H, I), w_hh (D, 4H, H_out),
-            b_ih (D, 4H) | None, b_hh (D, 4H) | None, w_hr (D, H_out, H) | None)
+            b_ih (D, 4H) | None, b_hh (D, 4H) | None, w_hr (D, H_out, H) | None, lengths (B,) int32 | None)
       -> output (T, B, D * H_out), h_n (D, B, H_out), c_n (D, B, H)
     """
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths):
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         bias = b_ih.to(launch.accumulator_dtype(x.dtype)) + b_hh if b_ih is not None else None
-        output, h_n, c_n, saved = launch.step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, save=True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, saved.hs, saved.gates, saved.cs)
+        output, h_n, c_n, saved = launch.step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths, save=True)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, lengths, saved.hs, saved.gates, saved.cs)
         ctx.has_bias = b_ih is not None
         return output, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output, grad_h_n, grad_c_n):
-        x, h0, c0, w_ih, w_hh, w_hr, hs, gates, cs = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, w_hr, lengths, hs, gates, cs = ctx.saved_tensors
         saved = launch.ForwardSaved(hs=hs, gates=gates, cs=cs)
         d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = launch.step_backward(
-            grad_output.contiguous(), grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved
+            grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths
         )
         d_b = d_bias.to(w_hh.dtype) if ctx.has_bias else None
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b, d_w_hr
+        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b, d_w_hr, None

@@ -1,4 +1,5 @@
-"""Functional LSTM: layers, directions and dropout over the Triton kernels, and the choice of where to run."""
+"""Functional LSTM: layers, directions, dropout and variable lengths over the Triton kernels, and the choice of
+where to run."""
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +31,17 @@ def _stack(tensors):
     return None if tensors[0] is None else torch.stack(tensors)
 
 
-def _layer(x, h0, c0, layer_weights, num_directions):
+def _layer(x, h0, c0, layer_weights, lengths):
     """One layer through the autograd Function when a gradient is needed, else straight to the launcher."""
     w_ih, w_hh, b_ih, b_hh, w_hr = (_stack([w[k] for w in layer_weights]) for k in range(5))
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     )
     if needs_grad:
-        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     bias = b_ih.to(launch.accumulator_dtype(x.dtype)) + b_hh if b_ih is not None else None
     output, h_n, c_n, _ = launch.step_forward(
-        x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih, w_hh, bias, w_hr, save=False
+        x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih, w_hh, bias, w_hr, lengths, save=False
     )
     return output, h_n, c_n
 
@@ -62,6 +63,20 @@ def _split_weights(weights, num_layers, num_directions, bias, proj_size):
     return groups
 
 
+def _layers(x, hx, weights, lengths, dropout_between, *, num_layers, bias, bidirectional, proj_size):
+    num_directions = 2 if bidirectional else 1
+    h0, c0 = hx
+    layer_input = x
+    h_n, c_n = [], []
+    for layer, layer_weights in enumerate(_split_weights(weights, num_layers, num_directions, bias, proj_size)):
+        rows = slice(layer * num_directions, (layer + 1) * num_directions)
+        output, h, c = _layer(layer_input, h0[rows], c0[rows], layer_weights, lengths)
+        h_n.append(h)
+        c_n.append(c)
+        layer_input = dropout_between(output) if layer < num_layers - 1 else output
+    return layer_input, torch.cat(h_n), torch.cat(c_n)
+
+
 def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, dropout, training, kernel):
     """Run a multi-layer LSTM on a seq-first batched input.
 
@@ -69,21 +84,46 @@ def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, drop
     torch.nn.LSTM's ``_flat_weights`` order. Returns (output (T, B, D*H_out), h_n, c_n) like torch.nn.LSTM.
     Dropout (training only) is applied to the output of every layer but the last, as torch does.
     """
-    h0, c0 = hx
     if resolve_kernel(kernel, input.device) is None:
-        output, h_n, c_n = torch.lstm(input, (h0, c0), weights, bias, num_layers, dropout, training, bidirectional,
-                                      False)  # fmt: skip
+        output, h_n, c_n = torch.lstm(input, hx, weights, bias, num_layers, dropout, training, bidirectional, False)
         return output, h_n, c_n
 
-    num_directions = 2 if bidirectional else 1
-    layer_input = input
-    h_n, c_n = [], []
-    for layer, layer_weights in enumerate(_split_weights(weights, num_layers, num_directions, bias, proj_size)):
-        rows = slice(layer * num_directions, (layer + 1) * num_directions)
-        output, h, c = _layer(layer_input, h0[rows], c0[rows], layer_weights, num_directions)
-        h_n.append(h)
-        c_n.append(c)
-        if dropout > 0 and training and layer < num_layers - 1:
-            output = F.dropout(output, dropout, training=True)
-        layer_input = output
-    return layer_input, torch.cat(h_n), torch.cat(c_n)
+    def dropout_between(output):
+        return F.dropout(output, dropout, training=True) if dropout > 0 and training else output
+
+    return _layers(input, hx, weights, None, dropout_between, num_layers=num_layers, bias=bias,
+                   bidirectional=bidirectional, proj_size=proj_size)  # fmt: skip
+
+
+def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirectional, proj_size, dropout, training,
+                kernel):  # fmt: skip
+    """Run a multi-layer LSTM on packed sequences (the form of ``torch.lstm``'s packed overload).
+
+    data: (N, I), the rows of a PackedSequence (time-major, batch sorted by decreasing length); batch_sizes: (T,)
+    int64 on the CPU; hx in that sorted batch order. Returns (data (N, D*H_out), h_n, c_n), h_n and c_n taken at
+    each sequence's own last step. Inside, the batch is padded to (T, B, I) and the kernels mask each row past its
+    length, so nothing is re-packed per step. Dropout acts on the packed rows, as torch's does.
+    """
+    if resolve_kernel(kernel, data.device) is None:
+        output, h_n, c_n = torch.lstm(data, batch_sizes, hx, weights, bias, num_layers, dropout, training,
+                                      bidirectional)  # fmt: skip
+        return output, h_n, c_n
+
+    batch_sizes = batch_sizes.to(data.device)
+    seq_len, batch = batch_sizes.shape[0], int(batch_sizes[0]) if batch_sizes.numel() else 0
+    present = torch.arange(batch, device=data.device)[None, :] < batch_sizes[:, None]  # (T, B)
+    rows = present.flatten().nonzero().squeeze(1)  # padded (t, b) position of each packed row, in packed order
+    lengths = present.sum(dim=0, dtype=torch.int32)
+
+    def pad(packed):
+        padded = packed.new_zeros(seq_len * batch, packed.shape[-1]).index_copy(0, rows, packed)
+        return padded.view(seq_len, batch, -1)
+
+    def dropout_between(output):
+        if dropout > 0 and training:
+            return pad(F.dropout(output.flatten(0, 1)[rows], dropout, training=True))
+        return output
+
+    output, h_n, c_n = _layers(pad(data), hx, weights, lengths, dropout_between, num_layers=num_layers, bias=bias,
+                               bidirectional=bidirectional, proj_size=proj_size)  # fmt: skip
+    return output.flatten(0, 1)[rows], h_n, c_n

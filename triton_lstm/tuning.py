@@ -4,9 +4,12 @@ On a GPU each kernel is tuned over a config space pruned by the problem size. Un
 (``TRITON_INTERPRET=1`` before import) autotune cannot benchmark ("0 active drivers") and every extra config
 multiplies test time, so each kernel gets one config with large blocks: the interpreter's cost grows with the
 number of block operations, not with their size.
+
+Environment: ``TRITON_LSTM_AUTOTUNE=0`` (read at import) runs one default config per kernel without benchmarking.
 """
 
 import itertools
+import os
 
 import triton
 
@@ -23,6 +26,7 @@ def _is_interpreted(kernel) -> bool:
 
 
 INTERPRETED = _is_interpreted(lstm_step_forward_kernel)
+AUTOTUNE = os.environ.get("TRITON_LSTM_AUTOTUNE", "1") != "0"
 
 # Under the interpreter: blocks large enough that test shapes take one or two tiles.
 _INTERPRETER_FORWARD = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_K": 64}
@@ -34,24 +38,25 @@ def _min_block_b(batch: int) -> int:
     return max(16, triton.next_power_of_2(batch))
 
 
-def forward_configs() -> list[triton.Config]:
-    """Config space of the per-step forward kernel."""
+def _space(names, values, interpreter_config):
     if INTERPRETED:
-        return [triton.Config(_INTERPRETER_FORWARD, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_B": b, "BLOCK_H": h, "BLOCK_K": k}, num_warps=w, num_stages=s)
-        for b, h, k, w, s in itertools.product((16, 32, 64), (32, 64), (32, 64), (4, 8), (2, 3))
+        return [triton.Config(interpreter_config, num_warps=4, num_stages=1)]
+    configs = [
+        triton.Config(dict(zip(names, blocks, strict=True)), num_warps=warps, num_stages=2)
+        for *blocks, warps in itertools.product(*values)
     ]
+    # TRITON_LSTM_AUTOTUNE=0 skips benchmarking: the first config, a safe default, runs for every size.
+    return configs if AUTOTUNE else configs[:1]
+
+
+def forward_configs() -> list[triton.Config]:
+    """Config space of the per-step forward kernel: batch tile, hidden tile, reduction chunk, warps."""
+    return _space(("BLOCK_B", "BLOCK_H", "BLOCK_K"), ((16, 32, 64), (32, 64), (32, 64), (4, 8)), _INTERPRETER_FORWARD)
 
 
 def backward_configs() -> list[triton.Config]:
-    """Config space of the per-step backward kernel."""
-    if INTERPRETED:
-        return [triton.Config(_INTERPRETER_BACKWARD, num_warps=4, num_stages=1)]
-    return [
-        triton.Config({"BLOCK_B": b, "BLOCK_N": n, "BLOCK_U": u}, num_warps=w, num_stages=s)
-        for b, n, u, w, s in itertools.product((16, 32, 64), (32, 64), (32, 64), (4, 8), (2, 3))
-    ]
+    """Config space of the per-step backward kernel: batch tile, output-column tile, hidden-unit chunk, warps."""
+    return _space(("BLOCK_B", "BLOCK_N", "BLOCK_U"), ((16, 32, 64), (32, 64), (32, 64), (4, 8)), _INTERPRETER_BACKWARD)
 
 
 def _prune_by_batch(configs, named_args, **kwargs):

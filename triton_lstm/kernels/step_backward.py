@@ -11,6 +11,9 @@ multiplies them by its column tile of W_hh:
 The programs of the first column tile also store the gate gradients (for the weight gradients, computed later
 as one GEMM over all steps) and dc_{t-1}. Recomputing the element-wise part per column tile keeps the whole
 step in one launch; it costs H * B element-wise work per tile against H * B * BLOCK_N multiply-adds.
+
+Variable lengths (HAS_LENGTHS): a row past its length at this step has zero gate gradients and passes dc on
+unchanged, mirroring the forward kernel, which kept its cell state there and saved zero gates.
 """
 
 import triton
@@ -19,7 +22,7 @@ import triton.language as tl
 from triton_lstm.kernels.math import dot_acc, tanh
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["step"])
 def lstm_step_backward_kernel(
     d_m_ptr,  # (D, B, H), accumulator dtype
     d_c_ptr,  # (D, B, H), accumulator dtype
@@ -31,6 +34,8 @@ def lstm_step_backward_kernel(
     d_gates_ptr,  # (D, B, 4H), accumulator dtype, out
     d_c_prev_ptr,  # (D, B, H), accumulator dtype, out
     d_h_prev_ptr,  # (D, B, H_OUT), accumulator dtype, out
+    lengths_ptr,  # (B,) int32: each row's length (only if HAS_LENGTHS)
+    step,
     batch,
     stride_dm_d,
     stride_dm_b,
@@ -53,6 +58,7 @@ def lstm_step_backward_kernel(
     HIDDEN: tl.constexpr,
     H_OUT: tl.constexpr,
     HAS_D_OUT_PREV: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_U: tl.constexpr,
@@ -67,6 +73,8 @@ def lstm_step_backward_kernel(
     m_b = o_b < batch
     m_n = o_n < H_OUT
     o_b64 = o_b.to(tl.int64)
+    if HAS_LENGTHS:
+        active = (step < tl.load(lengths_ptr + o_b, mask=m_b, other=0))[:, None]
     p_w = w_hh_ptr + i_d.to(tl.int64) * (4 * HIDDEN * H_OUT) + o_n[None, :]
 
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
@@ -79,6 +87,9 @@ def lstm_step_backward_kernel(
         gate_f = tl.load(p_g + HIDDEN, mask=m_bu, other=0.0)
         gate_g = tl.load(p_g + 2 * HIDDEN, mask=m_bu, other=0.0)
         gate_o = tl.load(p_g + 3 * HIDDEN, mask=m_bu, other=0.0)
+        if HAS_LENGTHS:
+            # A finished row saved zero gates, so each gate gradient below is zero; f = 1 passes dc on unchanged.
+            gate_f = tl.where(active, gate_f, 1.0)
         c = tl.load(c_ptr + i_d * stride_c_d + o_b64[:, None] * stride_c_b + o_u[None, :], mask=m_bu, other=0.0)
         c_prev = tl.load(
             c_prev_ptr + i_d * stride_cp_d + o_b64[:, None] * stride_cp_b + o_u[None, :], mask=m_bu, other=0.0

@@ -6,6 +6,10 @@ For each direction d and each (batch tile, hidden tile) program:
     c = f * c_prev + i * g,   h = o * tanh(c)
 where t_d = step for the forward direction and T - 1 - step for the reverse one. Gate rows of W_hh are ordered
 i, f, g, o (torch's layout), so hidden unit j reads rows j, H + j, 2H + j and 3H + j.
+
+Variable lengths (HAS_LENGTHS): row b runs steps 0 .. len_b - 1 only, its reverse direction starting at its own
+end (t = len_b - 1 - step). At later steps the row keeps its cell state, so the last slice holds each row's
+final c, and stores zero gates, so that nothing computed from the saved steps of a finished row is garbage.
 """
 
 import triton
@@ -23,6 +27,7 @@ def lstm_step_forward_kernel(
     w_hh_ptr,  # (D, 4H, H_OUT), contiguous
     h_out_ptr,  # (D, B, H): h, or o * tanh(c) before the projection when the layer projects
     c_out_ptr,  # (D, B, H) in the accumulator dtype
+    lengths_ptr,  # (B,) int32: each row's length (only if HAS_LENGTHS)
     gates_out_ptr,  # (D, B, 4H) in the accumulator dtype: i, f, g, o after activation (only if SAVE_GATES)
     step,
     seq_len,
@@ -42,6 +47,7 @@ def lstm_step_forward_kernel(
     HIDDEN: tl.constexpr,
     H_OUT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
     SAVE_GATES: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -53,13 +59,20 @@ def lstm_step_forward_kernel(
     i_d = tl.program_id(2)
     acc_dtype = c_out_ptr.dtype.element_ty
 
-    t = step + i_d * (seq_len - 1 - 2 * step)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     m_b = o_b < batch
     m_h = o_h < HIDDEN
     m_bh = m_b[:, None] & m_h[None, :]
     o_b64 = o_b.to(tl.int64)
+    if HAS_LENGTHS:
+        length = tl.load(lengths_ptr + o_b, mask=m_b, other=0)
+        active = (step < length)[:, None]
+        t = tl.where(i_d == 0, step, length - 1 - step)[:, None]
+    else:
+        active = True
+        t = step + i_d * (seq_len - 1 - 2 * step)
+    m_xp = m_bh & active
 
     acc_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_dtype)
     acc_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=acc_dtype)
@@ -80,10 +93,10 @@ def lstm_step_forward_kernel(
         acc_o = dot_acc(b_h, tl.load(p_wk + 3 * HIDDEN * H_OUT, mask=m_kh, other=0.0), acc_o, UPCAST)
 
     p_xp = x_proj_ptr + t.to(tl.int64) * stride_xp_t + o_b64[:, None] * stride_xp_b + i_d * (4 * HIDDEN) + o_h[None, :]
-    acc_i += tl.load(p_xp, mask=m_bh, other=0.0).to(acc_dtype)
-    acc_f += tl.load(p_xp + HIDDEN, mask=m_bh, other=0.0).to(acc_dtype)
-    acc_g += tl.load(p_xp + 2 * HIDDEN, mask=m_bh, other=0.0).to(acc_dtype)
-    acc_o += tl.load(p_xp + 3 * HIDDEN, mask=m_bh, other=0.0).to(acc_dtype)
+    acc_i += tl.load(p_xp, mask=m_xp, other=0.0).to(acc_dtype)
+    acc_f += tl.load(p_xp + HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
+    acc_g += tl.load(p_xp + 2 * HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
+    acc_o += tl.load(p_xp + 3 * HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
     if HAS_BIAS:
         p_bias = bias_ptr + i_d * (4 * HIDDEN) + o_h
         acc_i += tl.load(p_bias, mask=m_h, other=0.0)[None, :]
@@ -98,6 +111,12 @@ def lstm_step_forward_kernel(
     c_prev = tl.load(c_prev_ptr + i_d * stride_cp_d + o_b64[:, None] * stride_cp_b + o_h[None, :], mask=m_bh)
     c = gate_f * c_prev + gate_i * gate_g
     h = gate_o * tanh(c)
+    if HAS_LENGTHS:
+        c = tl.where(active, c, c_prev)
+        gate_i = tl.where(active, gate_i, 0.0)
+        gate_f = tl.where(active, gate_f, 0.0)
+        gate_g = tl.where(active, gate_g, 0.0)
+        gate_o = tl.where(active, gate_o, 0.0)
 
     tl.store(c_out_ptr + i_d * stride_co_d + o_b64[:, None] * stride_co_b + o_h[None, :], c, mask=m_bh)
     p_ho = h_out_ptr + i_d * stride_ho_d + o_b64[:, None] * stride_ho_b + o_h[None, :]
