@@ -32,4 +32,6 @@ class LSTMLayerFunction(torch.autograd.Function):
             grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths
         )
         d_b = d_bias.to(w_hh.dtype) if ctx.has_bias else None
-        return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b, d_w_hr, None
+        d_w_hr = d_w_hr.to(w_hr.dtype) if w_hr is not None else None
+        return (d_x.to(x.dtype), d_h0.to(h0.dtype), d_c0.to(c0.dtype), d_w_ih.to(w_ih.dtype), d_w_hh.to(w_hh.dtype),
+                d_b, d_b, d_w_hr, None)  # fmt: skip

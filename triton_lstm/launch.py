@@ -29,11 +29,12 @@ def _upcast_dot(dtype: torch.dtype) -> bool:
 
 @dataclass
 class ForwardSaved:
-    """What the backward of one layer needs, all in step order: (T, D, B, ...)."""
+    """What the backward of one layer needs, in step order. Slot 0 of hs and cs holds h0 and c0, slot s + 1 the
+    state after step s, so slot s is always the state a step starts from."""
 
-    hs: torch.Tensor  # (T, D, B, H_out), input dtype: h_t of every step
+    hs: torch.Tensor  # (T + 1, D, B, H_out), input dtype
     gates: torch.Tensor  # (T, D, B, 4H), accumulator dtype: i, f, g, o after activation
-    cs: torch.Tensor  # (T, D, B, H), accumulator dtype: c_t of every step
+    cs: torch.Tensor  # (T + 1, D, B, H), accumulator dtype
 
 
 def _reverse_in_time(seq: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -73,8 +74,59 @@ def _last_steps(lengths: torch.Tensor | None, seq_len: int, batch: int, device) 
     return last, rows
 
 
-def _forward_meta(config):
-    return {} if config is None else dict(config)
+@dataclass
+class ForwardBuffers:
+    """Everything a forward launch reads and writes besides the weights (see ForwardSaved for the slot layout).
+
+    Without ``save`` the cell state has only two slots, used alternately (step s reads s % 2 and writes
+    (s + 1) % 2), and no gates are kept: inference memory does not grow with T beyond the output.
+    """
+
+    x_proj: torch.Tensor  # (T, B, D * 4H), input dtype
+    bias: torch.Tensor | None  # (D, 4H), accumulator dtype
+    hs: torch.Tensor  # (T + 1, D, B, H_out)
+    cs: torch.Tensor  # (T + 1, D, B, H), or (2, D, B, H) without save
+    gates: torch.Tensor  # (T, D, B, 4H); a never-written stand-in without save
+    save: bool
+
+    def c_slot(self, step: int) -> int:
+        """Slot of the cell state that ``step`` starts from."""
+        return step if self.save else step % 2
+
+
+def prepare_forward(x, h0, c0, w_ih, bias, hidden: int, *, save: bool) -> ForwardBuffers:
+    """The input projection of every step (one GEMM for all directions) and the state buffers."""
+    seq_len, batch, input_size = x.shape
+    num_directions, _, h_out = h0.shape
+    acc_dtype = accumulator_dtype(x.dtype)
+    x_proj = torch.matmul(x.reshape(seq_len * batch, input_size), w_ih.reshape(-1, input_size).t())
+    hs = torch.empty(seq_len + 1, num_directions, batch, h_out, dtype=x.dtype, device=x.device)
+    hs[0] = h0
+    cs = torch.empty(seq_len + 1 if save else 2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
+    cs[0] = c0
+    gate_steps = seq_len if save else 1
+    gates = torch.empty(gate_steps, num_directions, batch, 4 * hidden, dtype=acc_dtype, device=x.device)
+    return ForwardBuffers(
+        x_proj=x_proj.view(seq_len, batch, w_ih.shape[0] * w_ih.shape[1]),
+        bias=bias.to(acc_dtype).contiguous() if bias is not None else None,
+        hs=hs,
+        cs=cs,
+        gates=gates,
+        save=save,
+    )
+
+
+def finish_forward(buffers: ForwardBuffers, lengths, dtype):
+    """Output in time order, h_n and c_n at each row's last step, and what backward needs."""
+    hs = buffers.hs
+    seq_len, batch = hs.shape[0] - 1, hs.shape[2]
+    output = from_step_order(hs[1:], lengths)
+    last, rows = _last_steps(lengths, seq_len, batch, hs.device)
+    h_n = hs[last + 1, :, rows].transpose(0, 1).contiguous()
+    # Rows past their length kept their cell state, so the final slot holds every row's own last c.
+    c_n = buffers.cs[buffers.c_slot(seq_len)].to(dtype, copy=True)
+    saved = ForwardSaved(hs=hs, gates=buffers.gates, cs=buffers.cs) if buffers.save else None
+    return output, h_n, c_n, saved
 
 
 def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, config: dict | None = None):
@@ -86,41 +138,27 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
     Returns output (T, B, D * H_out), h_n (D, B, H_out), c_n (D, B, H) in x's dtype, and a ForwardSaved when
     ``save`` (else None).
     """
-    seq_len, batch, input_size = x.shape
+    seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
-    acc_dtype = accumulator_dtype(x.dtype)
-    device = x.device
-
-    x_proj = torch.matmul(x.reshape(seq_len * batch, input_size), w_ih.reshape(num_directions * four_hidden, -1).t())
-    x_proj = x_proj.view(seq_len, batch, num_directions * four_hidden)
+    buffers = prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
+    x_proj, hs, cs = buffers.x_proj, buffers.hs, buffers.cs
     w_hh = w_hh.contiguous()
-    bias_acc = bias.to(acc_dtype).contiguous() if bias is not None else None
     w_hr_t = w_hr.transpose(1, 2) if w_hr is not None else None
+    unprojected = (
+        torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=x.device) if w_hr is not None else None
+    )
 
-    hs = torch.empty(seq_len, num_directions, batch, h_out, dtype=x.dtype, device=device)
-    c_init = c0.to(acc_dtype).contiguous()
-    if save:
-        cs = torch.empty(seq_len, num_directions, batch, hidden, dtype=acc_dtype, device=device)
-        gates = torch.empty(seq_len, num_directions, batch, four_hidden, dtype=acc_dtype, device=device)
-    else:
-        # Inference keeps only two cell-state slices, alternating; nothing per step is kept.
-        cs = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=device)
-        gates = cs[0]  # never written: SAVE_GATES is off
-    unprojected = torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=device) if w_hr is not None else None
-
-    meta = _forward_meta(config)
+    meta = {} if config is None else dict(config)
     kernel = tuning.step_forward_kernel if config is None else tuning.lstm_step_forward_kernel
     grid = lambda m: (triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(hidden, m["BLOCK_H"]), num_directions)  # noqa: E731
-    c_prev = c_init
     for step in range(seq_len if batch > 0 else 0):
-        h_prev = h0 if step == 0 else hs[step - 1]
-        c_out = cs[step] if save else cs[step % 2]
-        h_target = unprojected if w_hr is not None else hs[step]
-        gates_out = gates[step] if save else gates
+        h_prev, c_prev, c_out = hs[step], cs[buffers.c_slot(step)], cs[buffers.c_slot(step + 1)]
+        h_target = unprojected if w_hr is not None else hs[step + 1]
+        gates_out = buffers.gates[step if save else 0]
         kernel[grid](
-            x_proj, bias_acc if bias_acc is not None else c_init, h_prev, c_prev, w_hh, h_target, c_out,
-            lengths if lengths is not None else c_init, gates_out,
+            x_proj, buffers.bias if buffers.bias is not None else c_out, h_prev, c_prev, w_hh, h_target, c_out,
+            lengths if lengths is not None else c_out, gates_out,
             step, seq_len, batch,
             x_proj.stride(0), x_proj.stride(1),
             h_prev.stride(0), h_prev.stride(1),
@@ -128,19 +166,60 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
             h_target.stride(0), h_target.stride(1),
             c_out.stride(0), c_out.stride(1),
             gates_out.stride(0), gates_out.stride(1),
-            HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=bias_acc is not None, HAS_LENGTHS=lengths is not None, SAVE_GATES=save,
-            UPCAST=_upcast_dot(x.dtype), **meta,
+            HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_LENGTHS=lengths is not None,
+            SAVE_GATES=save, UPCAST=_upcast_dot(x.dtype), **meta,
         )  # fmt: skip
         if w_hr is not None:
-            torch.bmm(unprojected, w_hr_t, out=hs[step])
-        c_prev = c_out
+            torch.bmm(unprojected, w_hr_t, out=hs[step + 1])
+    return finish_forward(buffers, lengths, x.dtype)
 
-    output = from_step_order(hs, lengths)
-    last, rows = _last_steps(lengths, seq_len, batch, device)
-    h_n = hs[last, :, rows].transpose(0, 1).contiguous()
-    c_n = c_prev.to(x.dtype, copy=True)
-    saved = ForwardSaved(hs=hs, gates=gates, cs=cs) if save else None
-    return output, h_n, c_n, saved
+
+def prepare_backward(grad_output, grad_h_n, lengths, hidden: int):
+    """Upstream gradient of every step's h in step order, (T, D, B, H_out) in the accumulator dtype: the output's,
+    plus h_n's at each row's last step; and the buffer of gate gradients (T, D, B, 4H)."""
+    seq_len, batch, _ = grad_output.shape
+    num_directions, _, h_out = grad_h_n.shape
+    acc_dtype = accumulator_dtype(grad_output.dtype)
+    d_out_steps = torch.empty(seq_len, num_directions, batch, h_out, dtype=acc_dtype, device=grad_output.device)
+    d_out_steps.copy_(to_step_order(grad_output, num_directions, lengths))
+    last, rows = _last_steps(lengths, seq_len, batch, grad_output.device)
+    d_out_steps[last, :, rows] += grad_h_n.transpose(0, 1).to(acc_dtype)
+    d_gates = torch.empty(seq_len, num_directions, batch, 4 * hidden, dtype=acc_dtype, device=grad_output.device)
+    return d_out_steps, d_gates
+
+
+def weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved: ForwardSaved, lengths):
+    """Input and weight gradients as GEMMs over all T * B rows at once, per direction.
+
+    d_gates: (T, D, B, 4H) gate pre-activation gradients in step order; d_hs: (T, D, B, H_out) dL/dh_t of every
+    step (only read with a projection). Returns (d_x, d_w_ih, d_w_hh, d_bias, d_w_hr) in the accumulator dtype,
+    d_w_hr None without projection.
+    """
+    seq_len, num_directions, batch, four_hidden = d_gates.shape
+    hidden = four_hidden // 4
+    acc_dtype = d_gates.dtype
+    rows = seq_len * batch
+
+    def per_direction_rows(steps):  # (T, D, B, N) -> (D, T * B, N)
+        return steps.transpose(0, 1).reshape(num_directions, rows, steps.shape[-1])
+
+    d_gates_rows = per_direction_rows(d_gates)
+    h_prev = per_direction_rows(saved.hs[:-1].to(acc_dtype))
+    d_w_hh = torch.bmm(d_gates_rows.transpose(1, 2), h_prev)
+    d_bias = d_gates_rows.sum(dim=1)
+
+    d_gates_time = from_step_order(d_gates, lengths).reshape(rows, num_directions * four_hidden)  # matches x
+    input_size = x.shape[-1]
+    x_rows = x.reshape(rows, input_size).to(acc_dtype)
+    d_w_ih = torch.matmul(d_gates_time.t(), x_rows).view(num_directions, four_hidden, input_size)
+    d_x = torch.matmul(d_gates_time, w_ih.reshape(num_directions * four_hidden, input_size).to(acc_dtype))
+
+    d_w_hr = None
+    if w_hr is not None:
+        # h_t = W_hr m_t with m_t = o_t * tanh(c_t), recomputed from the saved gates and cell states.
+        unprojected = saved.gates[..., 3 * hidden :] * torch.tanh(saved.cs[1:])
+        d_w_hr = torch.bmm(per_direction_rows(d_hs).transpose(1, 2), per_direction_rows(unprojected))
+    return d_x.view(seq_len, batch, input_size), d_w_ih, d_w_hh, d_bias, d_w_hr
 
 
 def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved: ForwardSaved, lengths=None,
@@ -149,53 +228,38 @@ def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, 
     gradients are GEMMs over all steps at once.
 
     grad_output: (T, B, D * H_out); grad_h_n: (D, B, H_out); grad_c_n: (D, B, H); the rest as in ``step_forward``.
-    Returns (d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr) in the dtypes of what they differentiate, d_bias
-    (D, 4H) standing for both b_ih and b_hh, and d_w_hr None without projection.
+    Returns (d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr) in the accumulator dtype, d_bias (D, 4H) standing
+    for both b_ih and b_hh, and d_w_hr None without projection.
     """
     seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
-    acc_dtype = accumulator_dtype(x.dtype)
-    device = x.device
-
-    # Upstream gradient of every step's h, in step order: the output's, plus h_n's at each row's last step.
-    d_out_steps = torch.empty(seq_len, num_directions, batch, h_out, dtype=acc_dtype, device=device)
-    d_out_steps.copy_(to_step_order(grad_output, num_directions, lengths))
-    last, rows = _last_steps(lengths, seq_len, batch, device)
-    d_out_steps[last, :, rows] += grad_h_n.transpose(0, 1).to(acc_dtype)
+    d_out_steps, d_gates = prepare_backward(grad_output, grad_h_n, lengths, hidden)
+    acc_dtype = d_gates.dtype
     w_hh = w_hh.contiguous()
     w_hr_acc = w_hr.to(acc_dtype) if w_hr is not None else None
-    d_gates = torch.empty(seq_len, num_directions, batch, four_hidden, dtype=acc_dtype, device=device)
-    # dL/dh_t of every step: the weight gradient of the projection needs all of them.
-    d_hs = (
-        torch.empty(seq_len, num_directions, batch, h_out, dtype=acc_dtype, device=device) if w_hr is not None else None
-    )
-    d_h_slots = torch.empty(2, num_directions, batch, h_out, dtype=acc_dtype, device=device)
-    d_c_slots = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=device)
-    c_init = c0.to(acc_dtype)
-
+    d_h_slots = torch.empty(2, num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
+    d_c_slots = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
+    # dL/dh_t of every step: d_out_steps[s] becomes it once the recurrent part is added (the projection's
+    # weight gradient reads them all).
     d_h = d_out_steps[-1]
     d_c = grad_c_n.to(acc_dtype).contiguous()
     kernel = tuning.step_backward_kernel if config is None else tuning.lstm_step_backward_kernel
     meta = {} if config is None else dict(config)
     grid = lambda m: (triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(h_out, m["BLOCK_N"]), num_directions)  # noqa: E731
     for step in range(seq_len - 1 if batch > 0 else -1, -1, -1):
-        if w_hr is not None:
-            d_hs[step] = d_h
-            d_m = torch.bmm(d_h, w_hr_acc)
-        else:
-            d_m = d_h
-        c_prev = c_init if step == 0 else saved.cs[step - 1]
+        d_m = torch.bmm(d_h, w_hr_acc) if w_hr is not None else d_h
+        c_prev, c = saved.cs[step], saved.cs[step + 1]
         d_out_prev = d_out_steps[step - 1] if step > 0 else d_m
         d_h_prev = d_h_slots[step % 2]
         d_c_prev = d_c_slots[step % 2]
         kernel[grid](
-            d_m, d_c, saved.gates[step], saved.cs[step], c_prev, w_hh, d_out_prev, d_gates[step], d_c_prev, d_h_prev,
+            d_m, d_c, saved.gates[step], c, c_prev, w_hh, d_out_prev, d_gates[step], d_c_prev, d_h_prev,
             lengths if lengths is not None else d_c, step, batch,
             d_m.stride(0), d_m.stride(1),
             d_c.stride(0), d_c.stride(1),
             saved.gates.stride(1), saved.gates.stride(2),
-            saved.cs.stride(1), saved.cs.stride(2),
+            c.stride(0), c.stride(1),
             c_prev.stride(0), c_prev.stride(1),
             d_out_prev.stride(0), d_out_prev.stride(1),
             d_gates.stride(1), d_gates.stride(2),
@@ -203,36 +267,9 @@ def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, 
             d_h_prev.stride(0), d_h_prev.stride(1),
             HIDDEN=hidden, H_OUT=h_out, HAS_D_OUT_PREV=step > 0, HAS_LENGTHS=lengths is not None, **meta,
         )  # fmt: skip
+        if step > 0:
+            d_out_steps[step - 1] = d_h_prev
         d_h, d_c = d_h_prev, d_c_prev
 
-    # Weight gradients: one batched GEMM per weight over all T * B rows, per direction.
-    rows = seq_len * batch
-    h_prev = torch.cat((h0.unsqueeze(0), saved.hs[:-1]), dim=0).to(acc_dtype)  # (T, D, B, H_out)
-    d_gates_rows = d_gates.transpose(0, 1).reshape(num_directions, rows, four_hidden)
-    d_w_hh = torch.bmm(d_gates_rows.transpose(1, 2), h_prev.transpose(0, 1).reshape(num_directions, rows, h_out))
-    d_bias = d_gates_rows.sum(dim=1)
-
-    d_gates_time = from_step_order(d_gates, lengths)  # (T, B, D * 4H) in time order, matching x
-    x_rows = x.reshape(rows, -1).to(acc_dtype)
-    d_gates_time_rows = d_gates_time.reshape(rows, num_directions, four_hidden).transpose(0, 1)
-    d_w_ih = torch.bmm(d_gates_time_rows.transpose(1, 2), x_rows.expand(num_directions, rows, x_rows.shape[1]))
-    d_x = torch.matmul(d_gates_time.reshape(rows, -1), w_ih.reshape(num_directions * four_hidden, -1).to(acc_dtype))
-
-    d_w_hr = None
-    if w_hr is not None:
-        # h_t = W_hr m_t with m_t = o_t * tanh(c_t), recomputed from the saved gates and cell states.
-        unprojected = saved.gates[..., 3 * hidden :] * torch.tanh(saved.cs)
-        d_w_hr = torch.bmm(
-            d_hs.transpose(0, 1).reshape(num_directions, rows, h_out).transpose(1, 2),
-            unprojected.transpose(0, 1).reshape(num_directions, rows, hidden),
-        ).to(w_hr.dtype)
-
-    return (
-        d_x.view(seq_len, batch, -1).to(x.dtype),
-        d_h.to(h0.dtype),
-        d_c.to(c0.dtype),
-        d_w_ih.to(w_ih.dtype),
-        d_w_hh.to(w_hh.dtype),
-        d_bias,
-        d_w_hr,
-    )
+    d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = weight_gradients(d_gates, d_out_steps, x, w_ih, w_hr, saved, lengths)
+    return d_x, d_h, d_c, d_w_ih, d_w_hh, d_bias, d_w_hr

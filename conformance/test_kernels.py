@@ -1,0 +1,134 @@
+"""Kernel unit tests: the launchers against the float64 reference loop, with tiny blocks so that every mask and
+tail is exercised, and with outputs poisoned (NaN) before the kernels run so that an unwritten element fails."""
+
+import pytest
+import torch
+
+from conformance.helpers import TOLERANCES
+from triton_lstm import launch
+from triton_lstm.reference import reference_lstm
+
+# Blocks smaller than the sizes below leave partial tiles on every axis. The GPU compiler needs tl.dot dimensions
+# of at least 16, so on CUDA the sizes are raised instead (same tails, larger tiles).
+TINY_FORWARD = {"BLOCK_B": 2, "BLOCK_H": 4, "BLOCK_K": 4, "num_warps": 1}
+TINY_BACKWARD = {"BLOCK_B": 2, "BLOCK_N": 4, "BLOCK_U": 4, "num_warps": 1}
+GPU_FORWARD = {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "num_warps": 4}
+GPU_BACKWARD = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_U": 16, "num_warps": 4}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the launchers allocate with torch.empty starts as NaN."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(launch.torch, "empty", empty)
+
+
+def _sizes(device):
+    # (T, B, I, H, P): B, H and P leave tails for the blocks used on this device.
+    return (3, 5, 3, 7, 5) if device.type == "cpu" else (3, 21, 3, 37, 19)
+
+
+def _layer_weights(num_directions, input_size, hidden, proj, bias, dtype, device, generator):
+    def rand(*shape):
+        return (torch.rand(*shape, generator=generator, dtype=torch.float64) - 0.5).to(device=device, dtype=dtype)
+
+    h_out = proj or hidden
+    weights = []
+    for _ in range(num_directions):
+        weights += [rand(4 * hidden, input_size), rand(4 * hidden, h_out)]
+        if bias:
+            weights += [rand(4 * hidden), rand(4 * hidden)]
+        if proj:
+            weights.append(rand(proj, hidden))
+    return weights
+
+
+def _stacked(weights, num_directions, bias, proj):
+    per = len(weights) // num_directions
+    groups = [weights[d * per : (d + 1) * per] for d in range(num_directions)]
+    w_ih = torch.stack([g[0] for g in groups])
+    w_hh = torch.stack([g[1] for g in groups])
+    b_ih = torch.stack([g[2] for g in groups]) if bias else None
+    b_hh = torch.stack([g[3] for g in groups]) if bias else None
+    w_hr = torch.stack([g[-1] for g in groups]) if proj else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+# Kernel-level tolerances against float64: the float32/float64 rows of the suite's table; half precision is
+# checked at the module level with the three-way rule.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("proj", [0, 1], ids=["noproj", "proj"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("num_directions", [1, 2], ids=["uni", "bi"])
+def test_step_kernels_against_reference(num_directions, bias, proj, dtype, device, poisoned):
+    seq_len, batch, input_size, hidden, proj_size = _sizes(device)
+    proj_size = proj_size if proj else 0
+    generator = torch.Generator().manual_seed(7)
+    weights = _layer_weights(num_directions, input_size, hidden, proj_size, bias, dtype, device, generator)
+    h_out = proj_size or hidden
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    x, h0, c0 = (
+        randn(seq_len, batch, input_size),
+        randn(num_directions, batch, h_out),
+        randn(num_directions, batch, hidden),
+    )
+    grad_out, grad_h, grad_c = randn(seq_len, batch, num_directions * h_out), randn(*h0.shape), randn(*c0.shape)
+
+    leaves = [t.to(torch.float64, copy=True).requires_grad_() for t in (x, h0, c0, *weights)]
+    ref = reference_lstm(leaves[0], (leaves[1], leaves[2]), leaves[3:], num_layers=1, bias=bias,
+                         bidirectional=num_directions == 2, proj_size=proj_size)  # fmt: skip
+    loss = sum((r * g.double()).sum() for r, g in zip(ref, (grad_out, grad_h, grad_c), strict=True))
+    ref_grads = torch.autograd.grad(loss, leaves)
+
+    w_ih, w_hh, b_ih, b_hh, w_hr = _stacked(weights, num_directions, bias, proj_size)
+    bias_acc = b_ih.to(launch.accumulator_dtype(dtype)) + b_hh if bias else None
+    on_cpu = device.type == "cpu"
+    output, h_n, c_n, saved = launch.step_forward(
+        x, h0, c0, w_ih, w_hh, bias_acc, w_hr, save=True, config=TINY_FORWARD if on_cpu else GPU_FORWARD
+    )
+    grads = launch.step_backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved,
+                                 config=TINY_BACKWARD if on_cpu else GPU_BACKWARD)  # fmt: skip
+    d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = grads
+
+    tol = TOLERANCES[dtype]
+
+    def check(name, ours, expected):
+        assert ours.dtype == launch.accumulator_dtype(dtype) or name in ("output", "h_n", "c_n"), name
+        torch.testing.assert_close(ours.double(), expected, atol=tol.atol, rtol=tol.rtol, msg=lambda m: f"{name}: {m}")
+
+    for name, ours, expected in zip(("output", "h_n", "c_n"), (output, h_n, c_n), ref, strict=True):
+        check(name, ours, expected)
+    check("d_x", d_x, ref_grads[0])
+    check("d_h0", d_h0, ref_grads[1])
+    check("d_c0", d_c0, ref_grads[2])
+    per = len(weights) // num_directions
+    ref_w = [ref_grads[3 + d * per : 3 + (d + 1) * per] for d in range(num_directions)]
+    check("d_w_ih", d_w_ih, torch.stack([g[0] for g in ref_w]))
+    check("d_w_hh", d_w_hh, torch.stack([g[1] for g in ref_w]))
+    if bias:
+        check("d_bias (b_ih)", d_bias, torch.stack([g[2] for g in ref_w]))
+        check("d_bias (b_hh)", d_bias, torch.stack([g[3] for g in ref_w]))
+    if proj_size:
+        check("d_w_hr", d_w_hr, torch.stack([g[-1] for g in ref_w]))
+
+
+def test_inference_saves_nothing_per_step(device):
+    """Without save, the launcher keeps two cell-state slices, not one per step: memory does not grow with T."""
+    generator = torch.Generator().manual_seed(3)
+    weights = _layer_weights(1, 3, 6, 0, True, torch.float32, device, generator)
+    w_ih, w_hh, b_ih, b_hh, _ = _stacked(weights, 1, True, 0)
+    results = {}
+    for seq_len in (4, 12):
+        x = torch.randn(seq_len, 2, 3, generator=generator).to(device)
+        h0 = torch.zeros(1, 2, 6, device=device)
+        *_, saved = launch.step_forward(x, h0, h0.clone(), w_ih, w_hh, b_ih + b_hh, None, save=False)
+        results[seq_len] = saved
+    assert results == {4: None, 12: None}

@@ -1,0 +1,5 @@
+"""A drop-in replacement for ``torch.nn.LSTM`` whose recurrence runs in Triton kernels."""
+
+from triton_lstm.module import LSTM
+
+__all__ = ["LSTM"]
