@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from triton_lstm import launch, tuning
-from triton_lstm.autograd import LSTMLayerFunction
+from triton_lstm.autograd import FORWARD_LAUNCHERS, LSTMLayerFunction
 
 KERNELS = ("auto", "step")
 
@@ -31,16 +31,16 @@ def _stack(tensors):
     return None if tensors[0] is None else torch.stack(tensors)
 
 
-def _layer(x, h0, c0, layer_weights, lengths):
+def _layer(x, h0, c0, layer_weights, lengths, kernel):
     """One layer through the autograd Function when a gradient is needed, else straight to the launcher."""
     w_ih, w_hh, b_ih, b_hh, w_hr = (_stack([w[k] for w in layer_weights]) for k in range(5))
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     )
     if needs_grad:
-        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
+        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, kernel)
     bias = b_ih.to(launch.accumulator_dtype(x.dtype)) + b_hh if b_ih is not None else None
-    output, h_n, c_n, _ = launch.step_forward(
+    output, h_n, c_n, _ = FORWARD_LAUNCHERS[kernel](
         x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih, w_hh, bias, w_hr, lengths, save=False
     )
     return output, h_n, c_n
@@ -63,14 +63,14 @@ def _split_weights(weights, num_layers, num_directions, bias, proj_size):
     return groups
 
 
-def _layers(x, hx, weights, lengths, dropout_between, *, num_layers, bias, bidirectional, proj_size):
+def _layers(x, hx, weights, lengths, dropout_between, *, kernel, num_layers, bias, bidirectional, proj_size):
     num_directions = 2 if bidirectional else 1
     h0, c0 = hx
     layer_input = x
     h_n, c_n = [], []
     for layer, layer_weights in enumerate(_split_weights(weights, num_layers, num_directions, bias, proj_size)):
         rows = slice(layer * num_directions, (layer + 1) * num_directions)
-        output, h, c = _layer(layer_input, h0[rows], c0[rows], layer_weights, lengths)
+        output, h, c = _layer(layer_input, h0[rows], c0[rows], layer_weights, lengths, kernel)
         h_n.append(h)
         c_n.append(c)
         layer_input = dropout_between(output) if layer < num_layers - 1 else output
@@ -84,14 +84,15 @@ def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, drop
     torch.nn.LSTM's ``_flat_weights`` order. Returns (output (T, B, D*H_out), h_n, c_n) like torch.nn.LSTM.
     Dropout (training only) is applied to the output of every layer but the last, as torch does.
     """
-    if resolve_kernel(kernel, input.device) is None:
+    resolved = resolve_kernel(kernel, input.device)
+    if resolved is None:
         output, h_n, c_n = torch.lstm(input, hx, weights, bias, num_layers, dropout, training, bidirectional, False)
         return output, h_n, c_n
 
     def dropout_between(output):
         return F.dropout(output, dropout, training=True) if dropout > 0 and training else output
 
-    return _layers(input, hx, weights, None, dropout_between, num_layers=num_layers, bias=bias,
+    return _layers(input, hx, weights, None, dropout_between, kernel=resolved, num_layers=num_layers, bias=bias,
                    bidirectional=bidirectional, proj_size=proj_size)  # fmt: skip
 
 
@@ -104,7 +105,8 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
     each sequence's own last step. Inside, the batch is padded to (T, B, I) and the kernels mask each row past its
     length, so nothing is re-packed per step. Dropout acts on the packed rows, as torch's does.
     """
-    if resolve_kernel(kernel, data.device) is None:
+    resolved = resolve_kernel(kernel, data.device)
+    if resolved is None:
         output, h_n, c_n = torch.lstm(data, batch_sizes, hx, weights, bias, num_layers, dropout, training,
                                       bidirectional)  # fmt: skip
         return output, h_n, c_n
@@ -124,6 +126,7 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
             return pad(F.dropout(output.flatten(0, 1)[rows], dropout, training=True))
         return output
 
-    output, h_n, c_n = _layers(pad(data), hx, weights, lengths, dropout_between, num_layers=num_layers, bias=bias,
-                               bidirectional=bidirectional, proj_size=proj_size)  # fmt: skip
+    output, h_n, c_n = _layers(pad(data), hx, weights, lengths, dropout_between, kernel=resolved,
+                               num_layers=num_layers, bias=bias, bidirectional=bidirectional,
+                               proj_size=proj_size)  # fmt: skip
     return output.flatten(0, 1)[rows], h_n, c_n
