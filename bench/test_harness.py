@@ -1,0 +1,163 @@
+"""Tests of the benchmark code itself: the naive baseline, the FLOP/byte model, the presets, the CSV schema, and the
+sweep and report commands end to end on one tiny configuration."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from bench import report, sweep
+from bench.configs import PRESETS, BenchConfig, build_configs
+from bench.environment import REPO_ROOT
+from bench.flops import bytes_moved, flops
+from bench.progress import Progress
+from bench.providers import NaiveLSTM, Workload, make_reference, output_data
+from bench.results import COLUMNS, ResultWriter, read_results
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        BenchConfig(3, 5, 6, 4, dtype="float64"),
+        BenchConfig(3, 5, 6, 4, num_layers=2, bidirectional=True, dtype="float64"),
+        BenchConfig(2, 4, 6, 5, num_layers=2, proj_size=3, bidirectional=True, dtype="float64"),
+        BenchConfig(4, 6, 5, 3, num_layers=2, bidirectional=True, dtype="float64", packed=True),
+    ],
+    ids=lambda config: config.id,
+)
+def test_naive_matches_torch(config):
+    reference = make_reference(config, torch.device("cpu"), seed=1)
+    workload = Workload.draw(config, torch.device("cpu"), seed=2)
+    x = workload.model_input(workload.x)
+    output, (h_n, c_n) = NaiveLSTM(reference)(x)
+    expected, (h_expected, c_expected) = reference(x)
+    torch.testing.assert_close(output_data(output), output_data(expected))
+    torch.testing.assert_close(h_n, h_expected)
+    torch.testing.assert_close(c_n, c_expected)
+
+
+def test_naive_keeps_the_batch_order_of_unsorted_packed_input():
+    config = BenchConfig(4, 6, 5, 3, bidirectional=True, dtype="float64")
+    reference = make_reference(config, torch.device("cpu"), seed=1)
+    x = Workload.draw(config, torch.device("cpu"), seed=2).x
+    packed = pack_padded_sequence(x, torch.tensor([3, 6, 2, 5]), enforce_sorted=False)
+    output, (h_n, c_n) = NaiveLSTM(reference)(packed)
+    expected, (h_expected, c_expected) = reference(packed)
+    torch.testing.assert_close(output.data, expected.data)
+    torch.testing.assert_close(output.sorted_indices, expected.sorted_indices)
+    torch.testing.assert_close(h_n, h_expected)
+    torch.testing.assert_close(c_n, c_expected)
+
+
+def test_flop_and_byte_model_by_hand():
+    # B=2, T=3, H=4, I=5, float32: N = 6 tokens, 4H = 16.
+    config = BenchConfig(2, 3, 4, 5, dtype="float32")
+    assert flops(config, "forward") == 2 * 6 * 16 * (5 + 4)
+    assert flops(config, "forward_backward") == 3 * flops(config, "forward")
+    forward_bytes = 3 * 16 * 4 * 4 + 16 * 5 * 4 + 6 * (5 + 2 * 16 + 4) * 4
+    assert bytes_moved(config, "forward") == forward_bytes
+    assert bytes_moved(config, "forward_backward") == 2 * forward_bytes + 2 * 6 * 5 * 4 * 4
+    # Projection P=2 adds its own matmul; layer 2 of a bidirectional stack reads 2 * H_out features.
+    projected = dataclasses.replace(config, proj_size=2)
+    assert flops(projected, "forward") == 2 * 6 * 16 * (5 + 2) + 2 * 6 * 4 * 2
+    stacked = dataclasses.replace(config, num_layers=2, bidirectional=True)
+    assert flops(stacked, "forward") == 2 * (2 * 6 * 16 * (5 + 4) + 2 * 6 * 16 * (8 + 4))
+    with pytest.raises(ValueError, match="mode"):
+        flops(config, "backward")
+
+
+def test_packed_lengths_and_tokens():
+    config = BenchConfig(4, 8, 4, 4, packed=True)
+    assert config.lengths() == [8, 7, 6, 4]
+    assert config.tokens == 25
+    assert BenchConfig(4, 8, 4, 4).tokens == 32
+
+
+def test_presets():
+    for preset in PRESETS.values():
+        configs = build_configs(preset)
+        assert len({config.id for config in configs}) == len(configs)
+    core = build_configs(PRESETS["core"])
+    assert 27 <= len(core) <= 40
+    overridden = build_configs(PRESETS["core"], {"batch": (8,), "dtype": ("float16",)})
+    assert len(overridden) == 3 and all(config.batch == 8 for config in overridden)
+    full = build_configs(PRESETS["full"])
+    assert len(build_configs(PRESETS["full"], packed=True)) == 2 * len(full)
+    for name in ("cpu", "core"):
+        packed = [config for config in build_configs(PRESETS[name], packed=True) if config.packed]
+        assert len(packed) == len(PRESETS[name].packed_extras)
+    assert not any(config.packed for config in build_configs(PRESETS["cpu"]))
+
+
+def test_csv_round_trip_and_readme_documents_every_column(tmp_path):
+    path = tmp_path / "r.csv"
+    with ResultWriter(path) as writer:
+        writer.write({"schema_version": 1, "config": "c", "median_ms": 1.23456789, "peak_mem_mb": None})
+        with pytest.raises(KeyError, match="not in the schema"):
+            writer.write({"bogus": 1})
+    (row,) = read_results(path)
+    assert list(row) == list(COLUMNS)
+    assert row["median_ms"] == "1.23457" and row["peak_mem_mb"] == ""
+    readme = (REPO_ROOT / "bench" / "README.md").read_text()
+    assert [column for column in COLUMNS if f"`{column}`" not in readme] == []
+
+
+def test_progress_without_a_terminal_prints_a_line_per_item(capsys):
+    with Progress(2, "sweep") as progress:
+        progress.update("first")
+        progress.update("second")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "2/2" in lines[1] and lines[1].endswith("second")
+
+
+@pytest.fixture(scope="module")
+def sweep_csv(tmp_path_factory):
+    """One tiny configuration through torch, naive and the step kernel, both modes."""
+    path = tmp_path_factory.mktemp("sweep") / "sweep.csv"
+    args = ["--preset", "cpu", "--max-configs", "1", "--providers", "torch,triton_step,naive", "--out", str(path)]
+    assert sweep.main(args) == 0
+    return path
+
+
+def test_sweep_writes_one_row_per_provider_and_mode(sweep_csv):
+    rows = read_results(sweep_csv)
+    assert [(row["provider"], row["mode"]) for row in rows] == [
+        (provider, mode) for provider in ("torch", "triton_step", "naive") for mode in ("forward", "forward_backward")
+    ]
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows]
+    # A pipeline check, not an accuracy test (conformance/ is): on a GPU, float32 Triton dots use TF32 (~1e-4).
+    assert all(float(row["max_abs_err"]) < 1e-2 for row in rows)
+    assert all(row["git_commit"] and row["torch_version"] == torch.__version__ for row in rows)
+
+
+def test_sweep_records_errors_and_skips(tmp_path, monkeypatch):
+    from bench import providers
+
+    build = providers.build_provider
+
+    def failing(name, reference):
+        if name == "naive":
+            raise RuntimeError("naive is broken")
+        return build(name, reference)
+
+    monkeypatch.setattr(providers, "build_provider", failing)
+    path = tmp_path / "failing.csv"
+    sweep.main(["--preset", "cpu", "--max-configs", "1", "--providers", "torch,naive", "--out", str(path)])
+    statuses = {(row["provider"], row["status"], row["error"]) for row in read_results(path)}
+    assert statuses == {("torch", "ok", ""), ("naive", "error", "RuntimeError: naive is broken")}
+    path = tmp_path / "skipped.csv"
+    sweep.main(["--preset", "cpu", "--max-configs", "1", "--time-budget", "0", "--out", str(path)])
+    assert {row["status"] for row in read_results(path)} == {"skipped"}
+
+
+def test_report_with_comparison(sweep_csv, tmp_path):
+    assert report.main([str(sweep_csv), "--compare", str(sweep_csv), "--out-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "## forward: median ms" in text and "## Old vs new" in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "matplotlib is not installed" in text
+    else:
+        assert (tmp_path / report.FIGURE_NAME).stat().st_size > 0
