@@ -59,22 +59,36 @@ def assert_conforms(name: str, ours: torch.Tensor, theirs: torch.Tensor, ref64: 
     assert (diff <= allowed).all(), f"{name}: {_describe(diff)}, atol {tol.atol:g}, rtol {tol.rtol:g}"
 
 
+# The launchable kernels of triton_lstm.tuning, by the direction of the pass they belong to.
+_KERNELS = {
+    "step_forward_kernel": "forward",
+    "persistent_forward_kernel": "forward",
+    "step_backward_kernel": "backward",
+    "persistent_backward_kernel": "backward",
+}
+
+
 class TritonOnly:
-    """Makes torch's LSTM op raise and counts Triton kernel launches while active."""
+    """Makes torch's LSTM op raise and counts Triton kernel launches while active.
+
+    ``launches`` counts by pass ("forward", "backward") and ``by_kernel`` by kernel name.
+    """
 
     def __init__(self, monkeypatch):
         self._monkeypatch = monkeypatch
         self.launches = {"forward": 0, "backward": 0}
+        self.by_kernel = dict.fromkeys(_KERNELS, 0)
 
-    def _counting(self, kernel, kind):
-        counter = self.launches
+    def _counting(self, kernel, name):
+        owner = self
 
         class Counting:
             def __getitem__(self, grid):
                 launch = kernel[grid]
 
                 def run(*args, **kwargs):
-                    counter[kind] += 1
+                    owner.launches[_KERNELS[name]] += 1
+                    owner.by_kernel[name] += 1
                     return launch(*args, **kwargs)
 
                 return run
@@ -86,20 +100,96 @@ class TritonOnly:
         def refuse(*args, **kwargs):
             raise AssertionError("torch's own LSTM ran where the Triton kernels were asked for")
 
-        with self._patches(refuse):
+        with self._monkeypatch.context() as patch:
+            patch.setattr(torch, "lstm", refuse)
+            patch.setattr(torch._VF, "lstm", refuse, raising=False)
+            for name in _KERNELS:
+                patch.setattr(tuning, name, self._counting(getattr(tuning, name), name))
             yield self
-
-    @contextlib.contextmanager
-    def _patches(self, refuse):
-        patch = self._monkeypatch
-        with patch.context() as m:
-            m.setattr(torch, "lstm", refuse)
-            m.setattr(torch._VF, "lstm", refuse, raising=False)
-            m.setattr(tuning, "step_forward_kernel", self._counting(tuning.step_forward_kernel, "forward"))
-            m.setattr(tuning, "step_backward_kernel", self._counting(tuning.step_backward_kernel, "backward"))
-            yield
 
 
 def float64_twin(module: torch.nn.Module) -> torch.nn.Module:
     """A float64 copy of a torch.nn.LSTM, for references."""
     return copy.deepcopy(module).double()
+
+
+def assert_error_within(
+    name: str, ours: torch.Tensor, theirs: torch.Tensor, ref64: torch.Tensor, *, factor: float, atol: float
+) -> None:
+    """max|ours - ref64| <= factor * max|theirs - ref64| + atol: ours is as accurate as torch's own result in the same
+    dtype (``theirs``), up to ``factor``, both measured against the float64 reference ``ref64``."""
+    assert ours.shape == theirs.shape == ref64.shape, f"{name}: shapes {ours.shape}, {theirs.shape}, {ref64.shape}"
+    ours_err = (ours.double() - ref64.double()).abs()
+    torch_err = (theirs.double() - ref64.double()).abs()
+    assert torch.isfinite(ours_err).all(), f"{name}: non-finite error against float64"
+    bound = factor * torch_err.max().item() + atol
+    assert ours_err.max().item() <= bound, (
+        f"{name}: error vs float64 {_describe(ours_err)} exceeds {factor:g} x torch's ({torch_err.max().item():.3e}) "
+        f"+ {atol:g}"
+    )
+
+
+def assert_nonfinite_conforms(
+    name: str, ours: torch.Tensor, theirs: torch.Tensor, ref64: torch.Tensor | None = None
+) -> None:
+    """NaN, +inf and -inf exactly where torch.nn.LSTM's ``theirs`` has them, and the finite values within the
+    dtype's tolerance (``assert_conforms`` on the positions finite in torch's result and in ``ref64``)."""
+    assert ours.shape == theirs.shape, f"{name}: shape {tuple(ours.shape)} != torch's {tuple(theirs.shape)}"
+    for kind, test in (("NaN", torch.isnan), ("+inf", torch.isposinf), ("-inf", torch.isneginf)):
+        differ = test(ours) != test(theirs)
+        if differ.any():
+            where = tuple(int(i) for i in torch.nonzero(differ)[0])
+            raise AssertionError(
+                f"{name}: {kind} differs from torch at {int(differ.sum())} of {differ.numel()} positions, first at "
+                f"{where}: ours {ours[where].item()}, torch {theirs[where].item()}"
+            )
+    finite = torch.isfinite(theirs)
+    if ref64 is not None:
+        finite &= torch.isfinite(ref64)
+    if not finite.any():
+        return
+    assert_conforms(name, ours[finite], theirs[finite], ref64[finite] if ref64 is not None else None)
+
+
+@dataclass
+class Run:
+    """What ``forward_and_grads`` returns: outputs and gradients by name, and a packed output's index fields."""
+
+    outputs: dict
+    grads: dict
+    packing: tuple | None  # (batch_sizes, sorted_indices, unsorted_indices) of a PackedSequence output
+
+
+def forward_and_grads(module, x, hx, upstream, *, lengths=None, enforce_sorted=True, seed=None) -> Run:
+    """Run ``module`` on leaf copies of ``x`` and ``hx`` and backpropagate the fixed ``upstream`` gradients of
+    (output, h_n, c_n); the gradients of the input, h0, c0 and every parameter are returned by name.
+
+    With ``lengths``, ``x`` (padded, in the module's batch_first layout) is packed first; ``upstream[0]`` is then the
+    gradient of the packed output's data. ``seed`` seeds torch's global RNG for the call (dropout) without
+    changing it for anyone else.
+    """
+    x = x.detach().requires_grad_()
+    hx = tuple(t.detach().requires_grad_() for t in hx) if hx is not None else None
+    packed = lengths is not None
+    if packed:
+        inputs = torch.nn.utils.rnn.pack_padded_sequence(
+            x, lengths, batch_first=module.batch_first, enforce_sorted=enforce_sorted
+        )
+    else:
+        inputs = x
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        output, (h_n, c_n) = module(inputs, hx)
+    packing = None
+    if packed:
+        packing = (output.batch_sizes, output.sorted_indices, output.unsorted_indices)
+        output = output.data
+    outputs = {"output": output, "h_n": h_n, "c_n": c_n}
+    loss = sum((out * grad.to(out.dtype)).sum() for out, grad in zip(outputs.values(), upstream, strict=True))
+    leaves = {"input": x}
+    if hx is not None:
+        leaves.update(h0=hx[0], c0=hx[1])
+    leaves.update(dict(module.named_parameters()))
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return Run(outputs, dict(zip(leaves, grads, strict=True)), packing)

@@ -38,10 +38,12 @@ class Case:
     input_size: int = 4
     hidden_size: int = 6
     unbatched: bool = False
+    kernel: str = "step"
 
     @property
     def id(self) -> str:
         parts = [
+            self.kernel,
             f"L{self.num_layers}",
             "bi" if self.bidirectional else "uni",
             "bf" if self.batch_first else "sf",
@@ -96,12 +98,18 @@ def full_product(factors: dict) -> list[dict]:
     return [dict(zip(factors, values, strict=True)) for values in itertools.product(*factors.values())]
 
 
+KERNELS = ("step", "persistent")
+
+
 def mode_cases(full: bool) -> list[Case]:
-    """The mode matrix: full product at fp32, pairwise at the other dtypes (full everywhere if ``full``)."""
-    cases = [Case(**row, dtype=torch.float32) for row in full_product(FACTORS)]
-    for dtype in DTYPES[1:]:
-        rows = full_product(FACTORS) if full else all_pairs(FACTORS)
-        cases += [Case(**row, dtype=dtype) for row in rows]
+    """The mode matrix, for each kernel: full product at fp32, pairwise at the other dtypes (full everywhere if
+    ``full``)."""
+    cases = []
+    for kernel in KERNELS:
+        cases += [Case(**row, dtype=torch.float32, kernel=kernel) for row in full_product(FACTORS)]
+        for dtype in DTYPES[1:]:
+            rows = full_product(FACTORS) if full else all_pairs(FACTORS)
+            cases += [Case(**row, dtype=dtype, kernel=kernel) for row in rows]
     return cases
 
 
@@ -115,7 +123,8 @@ def shape_cases() -> list[Case]:
         Case(unbatched=True, hx=False, batch_first=True),
         Case(input_size=9, hidden_size=17, seq_len=4, bidirectional=True),
         Case(input_size=1, hidden_size=5, seq_len=2, num_layers=2),
-        # More than one batch tile and hidden tile under the interpreter's blocks (16 x 64).
+        # More than one batch tile and hidden tile under the interpreter's blocks (16 x 64), so that the persistent
+        # kernel's single program loops over several unit and column tiles.
         Case(batch=20, hidden_size=70, input_size=8, seq_len=3, proj_size=66, bidirectional=True),
     ]
-    return [replace(case, dtype=dtype) for case in base for dtype in DTYPES]
+    return [replace(case, dtype=dtype, kernel=kernel) for case in base for dtype in DTYPES for kernel in KERNELS]

@@ -5,15 +5,29 @@ import pytest
 import torch
 
 from conformance.helpers import TOLERANCES
-from triton_lstm import launch
-from triton_lstm.reference import reference_lstm
+from triton_lstm import launch, launch_persistent
+from triton_lstm.reference import reference_lstm, reference_lstm_varlen
 
 # Blocks smaller than the sizes below leave partial tiles on every axis. The GPU compiler needs tl.dot dimensions
 # of at least 16, so on CUDA the sizes are raised instead (same tails, larger tiles).
-TINY_FORWARD = {"BLOCK_B": 2, "BLOCK_H": 4, "BLOCK_K": 4, "num_warps": 1}
-TINY_BACKWARD = {"BLOCK_B": 2, "BLOCK_N": 4, "BLOCK_U": 4, "num_warps": 1}
-GPU_FORWARD = {"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "num_warps": 4}
-GPU_BACKWARD = {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_U": 16, "num_warps": 4}
+# The persistent kernel's configs split H over two unit tiles (and H_out over two column tiles) in one program
+# under the interpreter, and over several programs meeting at grid barriers on the GPU.
+TINY = {
+    "step": ({"BLOCK_B": 2, "BLOCK_H": 4, "BLOCK_K": 4, "num_warps": 1},
+             {"BLOCK_B": 2, "BLOCK_N": 4, "BLOCK_U": 4, "num_warps": 1}),
+    "persistent": ({"BLOCK_B": 2, "BLOCK_U": 4, "UNIT_TILES": 2, "BLOCK_N": 4, "COL_TILES": 2, "PROGRAMS": 1,
+                    "BLOCK_K": 4, "HOIST_W": False},) * 2,
+}  # fmt: skip
+GPU = {
+    "step": ({"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "num_warps": 4},
+             {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_U": 16, "num_warps": 4}),
+    "persistent": ({"BLOCK_B": 16, "BLOCK_U": 16, "UNIT_TILES": 1, "BLOCK_N": 16, "COL_TILES": 1, "PROGRAMS": 3,
+                    "BLOCK_K": 16, "HOIST_W": False},) * 2,
+}  # fmt: skip
+LAUNCHERS = {
+    "step": (launch.step_forward, launch.step_backward),
+    "persistent": (launch_persistent.persistent_forward, launch_persistent.persistent_backward),
+}
 
 
 @pytest.fixture
@@ -30,7 +44,13 @@ def poisoned(monkeypatch):
 
 def _sizes(device):
     # (T, B, I, H, P): B, H and P leave tails for the blocks used on this device.
-    return (3, 5, 3, 7, 5) if device.type == "cpu" else (3, 21, 3, 37, 19)
+    return (4, 5, 3, 7, 5) if device.type == "cpu" else (4, 21, 3, 37, 19)
+
+
+def _lengths(batch, seq_len, device):
+    """Ragged lengths with 1 and the maximum, unsorted."""
+    lengths = [(seq_len - 1 - b) % seq_len + 1 for b in range(batch)]
+    return torch.tensor(lengths, dtype=torch.int32, device=device)
 
 
 def _layer_weights(num_directions, input_size, hidden, proj, bias, dtype, device, generator):
@@ -62,10 +82,12 @@ def _stacked(weights, num_directions, bias, proj):
 # Kernel-level tolerances against float64: the float32/float64 rows of the suite's table; half precision is
 # checked at the module level with the three-way rule.
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["dense", "ragged"])
 @pytest.mark.parametrize("proj", [0, 1], ids=["noproj", "proj"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("num_directions", [1, 2], ids=["uni", "bi"])
-def test_step_kernels_against_reference(num_directions, bias, proj, dtype, device, poisoned):
+@pytest.mark.parametrize("kernel", ["step", "persistent"])
+def test_kernels_against_reference(kernel, num_directions, bias, proj, ragged, dtype, device, poisoned):
     seq_len, batch, input_size, hidden, proj_size = _sizes(device)
     proj_size = proj_size if proj else 0
     generator = torch.Generator().manual_seed(7)
@@ -82,20 +104,27 @@ def test_step_kernels_against_reference(num_directions, bias, proj, dtype, devic
     )
     grad_out, grad_h, grad_c = randn(seq_len, batch, num_directions * h_out), randn(*h0.shape), randn(*c0.shape)
 
+    lengths = _lengths(batch, seq_len, device) if ragged else None
+    if ragged:
+        # Positions past a row's length are not outputs: they get no upstream gradient.
+        valid = torch.arange(seq_len, device=device)[:, None] < lengths[None, :]
+        grad_out = grad_out * valid[:, :, None]
+
     leaves = [t.to(torch.float64, copy=True).requires_grad_() for t in (x, h0, c0, *weights)]
-    ref = reference_lstm(leaves[0], (leaves[1], leaves[2]), leaves[3:], num_layers=1, bias=bias,
-                         bidirectional=num_directions == 2, proj_size=proj_size)  # fmt: skip
+    options = {"num_layers": 1, "bias": bias, "bidirectional": num_directions == 2, "proj_size": proj_size}
+    if ragged:
+        ref = reference_lstm_varlen(leaves[0], (leaves[1], leaves[2]), leaves[3:], lengths.cpu(), **options)
+    else:
+        ref = reference_lstm(leaves[0], (leaves[1], leaves[2]), leaves[3:], **options)
     loss = sum((r * g.double()).sum() for r, g in zip(ref, (grad_out, grad_h, grad_c), strict=True))
     ref_grads = torch.autograd.grad(loss, leaves)
 
     w_ih, w_hh, b_ih, b_hh, w_hr = _stacked(weights, num_directions, bias, proj_size)
     bias_acc = b_ih.to(launch.accumulator_dtype(dtype)) + b_hh if bias else None
-    on_cpu = device.type == "cpu"
-    output, h_n, c_n, saved = launch.step_forward(
-        x, h0, c0, w_ih, w_hh, bias_acc, w_hr, save=True, config=TINY_FORWARD if on_cpu else GPU_FORWARD
-    )
-    grads = launch.step_backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved,
-                                 config=TINY_BACKWARD if on_cpu else GPU_BACKWARD)  # fmt: skip
+    forward_config, backward_config = (TINY if device.type == "cpu" else GPU)[kernel]
+    forward, backward = LAUNCHERS[kernel]
+    output, h_n, c_n, saved = forward(x, h0, c0, w_ih, w_hh, bias_acc, w_hr, lengths, save=True, config=forward_config)
+    grads = backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths, config=backward_config)
     d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = grads
 
     tol = TOLERANCES[dtype]
@@ -104,6 +133,8 @@ def test_step_kernels_against_reference(num_directions, bias, proj, dtype, devic
         assert ours.dtype == launch.accumulator_dtype(dtype) or name in ("output", "h_n", "c_n"), name
         torch.testing.assert_close(ours.double(), expected, atol=tol.atol, rtol=tol.rtol, msg=lambda m: f"{name}: {m}")
 
+    if ragged:
+        output = output * valid[:, :, None]
     for name, ours, expected in zip(("output", "h_n", "c_n"), (output, h_n, c_n), ref, strict=True):
         check(name, ours, expected)
     check("d_x", d_x, ref_grads[0])
@@ -120,15 +151,22 @@ def test_step_kernels_against_reference(num_directions, bias, proj, dtype, devic
         check("d_w_hr", d_w_hr, torch.stack([g[-1] for g in ref_w]))
 
 
-def test_inference_saves_nothing_per_step(device):
-    """Without save, the launcher keeps two cell-state slices, not one per step: memory does not grow with T."""
+@pytest.mark.parametrize("kernel", ["step", "persistent"])
+def test_inference_keeps_two_cell_slots(kernel, device, monkeypatch):
+    """Without save, forward keeps two cell-state slots and no gates: nothing per step but the output itself."""
     generator = torch.Generator().manual_seed(3)
     weights = _layer_weights(1, 3, 6, 0, True, torch.float32, device, generator)
     w_ih, w_hh, b_ih, b_hh, _ = _stacked(weights, 1, True, 0)
-    results = {}
-    for seq_len in (4, 12):
-        x = torch.randn(seq_len, 2, 3, generator=generator).to(device)
-        h0 = torch.zeros(1, 2, 6, device=device)
-        *_, saved = launch.step_forward(x, h0, h0.clone(), w_ih, w_hh, b_ih + b_hh, None, save=False)
-        results[seq_len] = saved
-    assert results == {4: None, 12: None}
+    kept = {}
+    real_prepare = launch.prepare_forward
+
+    def prepare(*args, **kwargs):
+        kept["buffers"] = real_prepare(*args, **kwargs)
+        return kept["buffers"]
+
+    monkeypatch.setattr(launch, "prepare_forward", prepare)
+    x = torch.randn(9, 2, 3, generator=generator).to(device)
+    h0 = torch.randn(1, 2, 6, generator=generator).to(device)
+    *_, saved = LAUNCHERS[kernel][0](x, h0, h0.clone(), w_ih, w_hh, b_ih + b_hh, None, save=False)
+    assert saved is None
+    assert kept["buffers"].cs.shape[0] == 2 and kept["buffers"].gates.shape[0] == 1

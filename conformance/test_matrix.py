@@ -62,7 +62,7 @@ def test_matches_torch(matrix_case: Case, device, triton_only):
     generator = torch.Generator().manual_seed(_seed(case))
     torch.manual_seed(0)
     reference = torch.nn.LSTM(**case.module_kwargs, device=device, dtype=case.dtype)
-    ours = triton_lstm.LSTM.from_torch(reference, kernel="step")
+    ours = triton_lstm.LSTM.from_torch(reference, kernel=case.kernel)
     x, hx, upstream = _inputs(case, device, generator)
 
     theirs_out, theirs_grads = _run(reference, x, hx, upstream)
@@ -72,7 +72,8 @@ def test_matches_torch(matrix_case: Case, device, triton_only):
         ref64_out, ref64_grads = _run(float64_twin(reference), x.double(), hx64, upstream)
     with triton_only() as launches:
         ours_out, ours_grads = _run(ours, x, hx, upstream)
-    assert launches.launches["forward"] > 0 and launches.launches["backward"] > 0
+    assert launches.by_kernel[f"{case.kernel}_forward_kernel"] > 0
+    assert launches.by_kernel[f"{case.kernel}_backward_kernel"] > 0
 
     for name, value in ours_out.items():
         assert_conforms(name, value, theirs_out[name], ref64_out.get(name))
@@ -87,14 +88,14 @@ def test_inference_matches_torch(case: Case, device, triton_only):
     generator = torch.Generator().manual_seed(_seed(case))
     torch.manual_seed(0)
     reference = torch.nn.LSTM(**case.module_kwargs, device=device, dtype=case.dtype)
-    ours = triton_lstm.LSTM.from_torch(reference, kernel="step")
+    ours = triton_lstm.LSTM.from_torch(reference, kernel=case.kernel)
     x, hx, _ = _inputs(case, device, generator)
     with torch.no_grad():
         theirs = reference(x, hx)
         ref64 = float64_twin(reference)(x.double(), tuple(t.double() for t in hx) if hx else None)
         with triton_only() as launches:
             output, (h_n, c_n) = ours(x, hx)
-    assert launches.launches["forward"] > 0 and launches.launches["backward"] == 0
+    assert launches.by_kernel[f"{case.kernel}_forward_kernel"] > 0 and launches.launches["backward"] == 0
     for name, value, their, r64 in zip(
         ("output", "h_n", "c_n"), (output, h_n, c_n), (theirs[0], *theirs[1]), (ref64[0], *ref64[1]), strict=True
     ):

@@ -4,27 +4,49 @@ where to run."""
 import torch
 import torch.nn.functional as F
 
-from triton_lstm import launch, tuning
-from triton_lstm.autograd import FORWARD_LAUNCHERS, LSTMLayerFunction
+from triton_lstm import launch_persistent, ops, tuning
 
-KERNELS = ("auto", "step")
+KERNELS = ("auto", "step", "persistent")
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str | None:
+def resolve_kernel(kernel: str, device: torch.device, sizes: tuple | None = None) -> str | None:
     """The kernel to run for tensors on ``device``, or None for torch's own LSTM.
 
     Triton runs CUDA tensors, and CPU tensors when the interpreter is on (TRITON_INTERPRET=1 before import).
-    kernel="auto" falls back to torch's LSTM anywhere else; an explicitly named kernel never falls back.
+    kernel="auto" falls back to torch's LSTM anywhere else; an explicitly named kernel never falls back, and
+    raises when it cannot run. ``sizes`` = (hidden, h_out, batch, num_directions, dtype) lets "auto" choose and
+    lets "persistent" check that its grid fits the device.
     """
-    if device.type == "cuda" or (device.type == "cpu" and tuning.INTERPRETED):
+    if not (device.type == "cuda" or (device.type == "cpu" and tuning.INTERPRETED)):
+        if kernel == "auto":
+            return None
+        raise RuntimeError(
+            f"triton_lstm: kernel={kernel!r} cannot run on {device.type} tensors: Triton needs CUDA tensors, or "
+            "CPU tensors with TRITON_INTERPRET=1 set before triton_lstm is imported. Use kernel='auto' to fall "
+            "back to torch's own LSTM."
+        )
+    if kernel == "step":
         return "step"
-    if kernel == "auto":
-        return None
-    raise RuntimeError(
-        f"triton_lstm: kernel={kernel!r} cannot run on {device.type} tensors: Triton needs CUDA tensors, or CPU "
-        "tensors with TRITON_INTERPRET=1 set before triton_lstm is imported. Use kernel='auto' to fall back to "
-        "torch's own LSTM."
-    )
+    planned = launch_persistent.plan(*sizes, device) if sizes is not None else "sizes unknown"
+    if kernel == "persistent":
+        if isinstance(planned, str):
+            raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")
+        return "persistent"
+    # auto. Under the interpreter the persistent kernel only tests its arithmetic (one program per group, no
+    # speed to gain), so the per-step kernel runs. On a GPU (measured on an H200, T = 512, bench/results/) the
+    # persistent kernel with W_hh held on chip (H_out <= 256) took 2.2 to 3.0 ms forward where the per-step kernel
+    # took 25 to 40 ms (its Python launch cost, about 50 us a step, dominates); the variant that streams W_hh
+    # from L2 for larger layers has not been timed yet, so those sizes keep the per-step kernel.
+    if tuning.INTERPRETED or isinstance(planned, str) or not planned.hoist_w:
+        return "step"
+    return "persistent"
+
+
+def _sizes(input, weights, bidirectional, proj_size, batch=None):
+    """(hidden, h_out, batch, num_directions, dtype) of a call, for ``resolve_kernel``."""
+    hidden = weights[1].shape[0] // 4
+    batch = input.shape[1] if batch is None else batch
+    return hidden, proj_size or hidden, batch, 2 if bidirectional else 1, input.dtype
 
 
 def _stack(tensors):
@@ -32,18 +54,36 @@ def _stack(tensors):
 
 
 def _layer(x, h0, c0, layer_weights, lengths, kernel):
-    """One layer through the autograd Function when a gradient is needed, else straight to the launcher."""
+    """One layer through the ``triton_lstm::layer_forward`` operator; it keeps per-step buffers for backward only
+    when a gradient is wanted."""
     w_ih, w_hh, b_ih, b_hh, w_hr = (_stack([w[k] for w in layer_weights]) for k in range(5))
-    needs_grad = torch.is_grad_enabled() and any(
+    save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     )
-    if needs_grad:
-        return LSTMLayerFunction.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, kernel)
-    bias = b_ih.to(launch.accumulator_dtype(x.dtype)) + b_hh if b_ih is not None else None
-    output, h_n, c_n, _ = FORWARD_LAUNCHERS[kernel](
-        x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih, w_hh, bias, w_hr, lengths, save=False
-    )
+    output, h_n, c_n, *_ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, kernel, save)
     return output, h_n, c_n
+
+
+def _autocast(input, hx, weights):
+    """Cast input, state and weights to the dtype torch's own LSTM computes in under autocast (unchanged without).
+
+    CUDA: torch runs the LSTM in cuDNN, whose autocast wrapper casts every floating tensor but float64 to float16,
+    whatever the autocast dtype (aten/src/ATen/cudnn/AutocastRNN.cpp). CPU: torch runs the matmuls in the autocast
+    dtype and the cell in the input's, so its results come back in promote_types(input dtype, autocast dtype):
+    bfloat16 input under bfloat16 autocast stays bfloat16, float32 input stays float32 (with oneDNN disabled; with
+    it, this depends on the hardware). Float64 input stays float64 with weights cast to it (torch raises a dtype
+    mismatch there).
+    """
+    device_type = input.device.type
+    if device_type not in ("cuda", "cpu") or not torch.is_autocast_enabled(device_type):
+        return input, hx, weights
+    if input.dtype == torch.float64:
+        dtype = torch.float64
+    elif device_type == "cuda":
+        dtype = torch.float16
+    else:
+        dtype = torch.promote_types(input.dtype, torch.get_autocast_dtype(device_type))
+    return input.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
 
 
 def _split_weights(weights, num_layers, num_directions, bias, proj_size):
@@ -84,10 +124,11 @@ def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, drop
     torch.nn.LSTM's ``_flat_weights`` order. Returns (output (T, B, D*H_out), h_n, c_n) like torch.nn.LSTM.
     Dropout (training only) is applied to the output of every layer but the last, as torch does.
     """
-    resolved = resolve_kernel(kernel, input.device)
+    resolved = resolve_kernel(kernel, input.device, _sizes(input, weights, bidirectional, proj_size))
     if resolved is None:
         output, h_n, c_n = torch.lstm(input, hx, weights, bias, num_layers, dropout, training, bidirectional, False)
         return output, h_n, c_n
+    input, hx, weights = _autocast(input, hx, weights)
 
     def dropout_between(output):
         return F.dropout(output, dropout, training=True) if dropout > 0 and training else output
@@ -105,14 +146,16 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
     each sequence's own last step. Inside, the batch is padded to (T, B, I) and the kernels mask each row past its
     length, so nothing is re-packed per step. Dropout acts on the packed rows, as torch's does.
     """
-    resolved = resolve_kernel(kernel, data.device)
+    batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
+    resolved = resolve_kernel(kernel, data.device, _sizes(data, weights, bidirectional, proj_size, batch))
     if resolved is None:
         output, h_n, c_n = torch.lstm(data, batch_sizes, hx, weights, bias, num_layers, dropout, training,
                                       bidirectional)  # fmt: skip
         return output, h_n, c_n
+    data, hx, weights = _autocast(data, hx, weights)
 
     batch_sizes = batch_sizes.to(data.device)
-    seq_len, batch = batch_sizes.shape[0], int(batch_sizes[0]) if batch_sizes.numel() else 0
+    seq_len = batch_sizes.shape[0]
     present = torch.arange(batch, device=data.device)[None, :] < batch_sizes[:, None]  # (T, B)
     rows = present.flatten().nonzero().squeeze(1)  # padded (t, b) position of each packed row, in packed order
     lengths = present.sum(dim=0, dtype=torch.int32)

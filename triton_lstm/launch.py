@@ -22,7 +22,7 @@ def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _upcast_dot(dtype: torch.dtype) -> bool:
+def upcast_dot(dtype: torch.dtype) -> bool:
     # The interpreter's bf16 tl.dot multiplies raw bit patterns; on the GPU bf16 keeps its tensor-core path.
     return tuning.INTERPRETED and dtype == torch.bfloat16
 
@@ -167,7 +167,7 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
             c_out.stride(0), c_out.stride(1),
             gates_out.stride(0), gates_out.stride(1),
             HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_LENGTHS=lengths is not None,
-            SAVE_GATES=save, UPCAST=_upcast_dot(x.dtype), **meta,
+            SAVE_GATES=save, UPCAST=upcast_dot(x.dtype), **meta,
         )  # fmt: skip
         if w_hr is not None:
             torch.bmm(unprojected, w_hr_t, out=hs[step + 1])

@@ -44,3 +44,18 @@ def reference_lstm(x, hx, weights, *, num_layers, bias, bidirectional, proj_size
             c_n.append(c)
         layer_input = torch.cat(outputs, dim=-1)
     return layer_input, torch.stack(h_n), torch.stack(c_n)
+
+
+def reference_lstm_varlen(x, hx, weights, lengths, **kwargs):
+    """``reference_lstm`` with per-row lengths: row b sees only x[:lengths[b], b] (its reverse direction starts at
+    its own end). Output positions past a row's length are zero; h_n and c_n come from each row's last step."""
+    outputs, h_n, c_n = [], [], []
+    h0, c0 = hx
+    for row, length in enumerate(int(n) for n in lengths):
+        rows = slice(row, row + 1)
+        output, h, c = reference_lstm(x[:length, rows], (h0[:, rows], c0[:, rows]), weights, **kwargs)
+        padding = output.new_zeros(x.shape[0] - length, 1, output.shape[-1])
+        outputs.append(torch.cat((output, padding)))
+        h_n.append(h)
+        c_n.append(c)
+    return torch.cat(outputs, dim=1), torch.cat(h_n, dim=1), torch.cat(c_n, dim=1)

@@ -1,0 +1,235 @@
+"""GPU resource report without a GPU: compile every kernel ahead of time and read its resources.
+
+    python -m triton_lstm.aot            # the representative subset CI runs (sm_80 and sm_90)
+    python -m triton_lstm.aot --full     # every config of every shipped space, every dtype
+
+For each (kernel, config, dtype, arch) it compiles with Triton for that target, runs the ptxas that Triton itself
+uses with ``-v`` on the PTX for registers and spills, reads shared memory from the compile metadata, and prints
+one table row. It exits non-zero if any compiled config spills, uses more shared memory than one block may on
+that arch, or fails to compile.
+"""
+
+import argparse
+import itertools
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+
+from triton_lstm import tuning
+from triton_lstm.kernels.persistent_backward import lstm_persistent_backward_kernel
+from triton_lstm.kernels.persistent_forward import lstm_persistent_forward_kernel
+from triton_lstm.kernels.step_backward import lstm_step_backward_kernel
+from triton_lstm.kernels.step_forward import lstm_step_forward_kernel
+
+# Shared memory one block may use (opt-in maximum): A100 (sm_80) and H100/H200 (sm_90).
+SHARED_LIMITS = {80: 166_912, 90: 232_448}
+DTYPES = {"fp32": "fp32", "fp64": "fp64", "fp16": "fp16", "bf16": "bf16"}
+ARCHS = (80, 90)
+
+
+@dataclass
+class Row:
+    kernel: str
+    config: str
+    dtype: str
+    arch: int
+    registers: int | None = None
+    spill_bytes: int | None = None
+    shared: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.spill_bytes == 0 and self.shared <= SHARED_LIMITS[self.arch]
+
+
+def _accumulator(dtype: str) -> str:
+    return "fp64" if dtype == "fp64" else "fp32"
+
+
+def _signature(kernel, pointers: dict, constexprs: dict) -> dict:
+    """Every argument typed: pointers by role, constexprs as such, every other (scalar) argument i32."""
+    return {name: "constexpr" if name in constexprs else pointers.get(name, "i32") for name in kernel.arg_names}
+
+
+def _step_forward(dtype, config):
+    acc = _accumulator(dtype)
+    pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "h_prev_ptr", "w_hh_ptr", "h_out_ptr")}
+    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "c_prev_ptr", "c_out_ptr", "gates_out_ptr")})
+    pointers["lengths_ptr"] = "*i32"
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE_GATES": True,
+                  "UPCAST": False, **config}  # fmt: skip
+    return pointers, constexprs
+
+
+def _step_backward(dtype, config):
+    acc = _accumulator(dtype)
+    pointers = {name: f"*{acc}" for name in lstm_step_backward_kernel.arg_names if name.endswith("_ptr")}
+    pointers.update({"w_hh_ptr": f"*{dtype}", "d_out_prev_ptr": f"*{acc}", "lengths_ptr": "*i32"})
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_D_OUT_PREV": True, "HAS_LENGTHS": True, **config}
+    return pointers, constexprs
+
+
+def _persistent_forward(dtype, config):
+    acc = _accumulator(dtype)
+    hidden = config.pop("HIDDEN")
+    config.update(_planned(hidden, dtype, config.pop("BATCH"), config.pop("DIRECTIONS")))
+    config.pop("BACKWARD_BLOCK_K")
+    pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "unprojected_ptr")}
+    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
+    pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
+    constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "HAS_BIAS": True, "HAS_PROJ": False, "HAS_LENGTHS": True,
+                  "SAVE": True, "UPCAST": False, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
+                  **config}  # fmt: skip
+    return pointers, constexprs
+
+
+def _persistent_backward(dtype, config):
+    acc = _accumulator(dtype)
+    hidden = config.pop("HIDDEN")
+    config.update(_planned(hidden, dtype, config.pop("BATCH"), config.pop("DIRECTIONS")))
+    config["BLOCK_K"] = config.pop("BACKWARD_BLOCK_K")
+    pointers = {name: f"*{acc}" for name in lstm_persistent_backward_kernel.arg_names if name.endswith("_ptr")}
+    pointers.update({"w_hh_ptr": f"*{dtype}", "w_hr_ptr": f"*{dtype}", "lengths_ptr": "*i32", "sync_ptr": "*i32"})
+    config.pop("HOIST_W")
+    constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
+                  "HAS_PROJ": False, "HAS_LENGTHS": True, **config}  # fmt: skip
+    return pointers, constexprs
+
+
+# An H100/H200 holds one persistent program per SM: 132.
+_PLAN_CAPACITY = 132
+
+
+def _planned(hidden: int, dtype: str, batch: int, directions: int) -> dict:
+    """The tiles ``launch_persistent.plan`` picks for these sizes on a 132-SM GPU."""
+    import torch
+
+    from triton_lstm import launch_persistent
+
+    torch_dtype = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
+    plan = launch_persistent.plan_for(hidden, hidden, batch, directions, torch_dtype[dtype], _PLAN_CAPACITY)
+    if isinstance(plan, str):
+        raise ValueError(plan)
+    return {"BLOCK_B": plan.block_b, "BLOCK_U": plan.block_u, "BLOCK_K": plan.block_k, "HOIST_W": plan.hoist_w,
+            "BACKWARD_BLOCK_K": min(plan.block_k, launch_persistent.STREAM_K)}  # fmt: skip
+
+
+def _spaces(full: bool):
+    """(name, kernel, describe, configs as (meta dict, num_warps, num_stages)) of every kernel."""
+
+    def from_tuning(configs):
+        return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
+
+    # Step configs that the runtime prunes for a dtype (tuning.fits) are not shipped for it: compile_row skips them.
+
+    step_forward = from_tuning(tuning.forward_configs())
+    step_backward = from_tuning(tuning.backward_configs())
+    # The persistent tiles are not a space but the launcher's plan for the sizes (launch_persistent.plan_for):
+    # these sizes cover W_hh hoisted on chip (H = 256) and streamed (768, 1024), batch tiles of 16 and 32.
+    sizes = ((256, 16, 1), (256, 32, 2), (768, 1, 1), (1024, 16, 2))
+
+    def persistent(configs):
+        return [({"HIDDEN": h, "BATCH": b, "DIRECTIONS": d}, c.num_warps, c.num_stages)
+                for h, b, d in sizes for c in configs]  # fmt: skip
+
+    persistent_forward = persistent(tuning.persistent_forward_configs())
+    persistent_backward = persistent(tuning.persistent_backward_configs())
+    if not full:
+        # CI's subset: the first config (the default when autotuning is off) and the largest blocks of each step
+        # kernel; the persistent plans of the most common case, B <= 16.
+        step_forward = [step_forward[0], step_forward[-1]]
+        step_backward = [step_backward[0], step_backward[-1]]
+        persistent_forward = [p for p in persistent_forward if p[0]["BATCH"] == 16]
+        persistent_backward = [p for p in persistent_backward if p[0]["BATCH"] == 16]
+    return [
+        ("step_forward", lstm_step_forward_kernel, _step_forward, step_forward),
+        ("step_backward", lstm_step_backward_kernel, _step_backward, step_backward),
+        ("persistent_forward", lstm_persistent_forward_kernel, _persistent_forward, persistent_forward),
+        ("persistent_backward", lstm_persistent_backward_kernel, _persistent_backward, persistent_backward),
+    ]
+
+
+def _ptxas_resources(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) of the compiled kernel, from ``ptxas -v`` run as Triton runs it."""
+    ptxas = get_ptxas(arch).path
+    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True, check=True).stdout
+    # Triton passes this to ptxas 13.x to avoid a register-allocation bug that otherwise spills at 32 registers.
+    workaround = ["--regAllocOptLevel=2"] if "release 13" in version else []
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        result = subprocess.run(
+            [ptxas, "-v", *workaround, f"--gpu-name=sm_{arch}a" if arch == 90 else f"--gpu-name=sm_{arch}",
+             str(source), "-o", str(Path(folder) / "kernel.cubin")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+    log = result.stderr + result.stdout
+    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
+    return registers, max(spills, default=0)
+
+
+def compile_row(name, kernel, describe, meta, num_warps, num_stages, dtype, arch) -> Row | None:
+    """Compile one (kernel, config, dtype, arch); None for a config the runtime never ships for that dtype."""
+    label = ",".join(f"{k}={v}" for k, v in meta.items()) + f",warps={num_warps},stages={num_stages}"
+    row = Row(name, label, dtype, arch)
+    if name.startswith("step") and not tuning.fits(triton.Config(meta), int(dtype[2:])):
+        return None
+    pointers, constexprs = describe(dtype, dict(meta))
+    start = time.perf_counter()
+    try:
+        compiled = triton.compile(
+            triton.compiler.ASTSource(fn=kernel, signature=_signature(kernel, pointers, constexprs),
+                                      constexprs=constexprs),
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": num_warps, "num_stages": num_stages},
+        )  # fmt: skip
+        row.shared = compiled.metadata.shared
+        row.registers, row.spill_bytes = _ptxas_resources(compiled.asm["ptx"], arch)
+    except Exception as error:  # every failure, of any kind, becomes a failing row of the report
+        row.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:120]
+    row.seconds = time.perf_counter() - start
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="every config and dtype (slow: many minutes)")
+    parser.add_argument("--arch", type=int, action="append", choices=ARCHS, help="restrict to an arch (repeat)")
+    parser.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="restrict to a dtype (repeat)")
+    args = parser.parse_args(argv)
+    archs = args.arch or ARCHS
+    dtypes = args.dtype or list(DTYPES)
+
+    header = (
+        f"{'kernel':<20} {'config':<62} {'dtype':<5} {'arch':<5} {'regs':>4} {'spill':>5} {'shared':>7} {'time':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for name, kernel, describe, configs in _spaces(args.full):
+        for (meta, warps, stages), dtype, arch in itertools.product(configs, dtypes, archs):
+            row = compile_row(name, kernel, describe, meta, warps, stages, dtype, arch)
+            if row is None:
+                continue
+            status = "" if row.ok else f"  FAIL {row.error or 'spills or exceeds shared memory'}"
+            resources = f"{row.registers or 0:>4} {row.spill_bytes or 0:>5} {row.shared or 0:>7}"
+            print(f"{row.kernel:<20} {row.config:<62} {row.dtype:<5} sm_{row.arch:<2} {resources} {row.seconds:>5.1f}s"
+                  f"{status}", flush=True)  # fmt: skip
+            failures += not row.ok
+    print(f"{failures} failing row(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

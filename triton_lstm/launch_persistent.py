@@ -1,0 +1,153 @@
+"""Host launchers of the persistent kernels: one launch per layer and direction set runs every time step.
+
+The grid is (batch tiles, P, D): the P programs of a group split the hidden units and synchronise at every step,
+so all of them must be resident on the GPU at once. ``plan`` sizes the grid to the device (or gives the reason it
+cannot), and the launch is cooperative, so a grid that does not fit fails instead of deadlocking. Under the
+interpreter programs run one after another: each group gets one program that loops over all unit tiles.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from triton_lstm import launch, tuning
+
+# W_hh stays on chip for the whole sequence (HOIST_W) only while the reduction over H_out is one chunk of at most
+# this many inputs: the ahead-of-time report (python -m triton_lstm.aot) shows the hoisted tiles spilling
+# registers at H_out = 1024 and fitting at 256. Larger layers stream W_hh from L2 in chunks of STREAM_K.
+_HOIST_MAX_K = 256
+STREAM_K = 64
+# Units per program on the GPU, in order of preference: tl.dot needs every dimension >= 16. The aot report finds
+# the hoisted tiles at H = 256 free of spills with 32 units in fp16/bf16 and 16 in fp32 (the other way round
+# spills); more units per program means fewer programs.
+_UNIT_BLOCKS = {2: (32, 16, 64, 128), 4: (16, 32, 64, 128), 8: (16, 32, 64, 128)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tiles and grid of one persistent launch."""
+
+    block_b: int
+    block_u: int
+    unit_tiles: int
+    block_n: int
+    col_tiles: int
+    programs: int  # P: programs per (batch tile, direction) group
+    batch_tiles: int
+    block_k: int
+    hoist_w: bool
+
+
+def _device_programs(device: torch.device) -> int:
+    # One program per SM: a conservative co-residency bound that holds whatever the registers and shared memory
+    # of the chosen config; the cooperative launch checks it again.
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device) -> Plan | str:
+    """Tile sizes and grid for these sizes on ``device``, or a string saying why the persistent kernel cannot run."""
+    capacity = None if tuning.INTERPRETED else _device_programs(device)
+    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity)
+
+
+def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, capacity) -> Plan | str:
+    """``plan`` for a GPU that holds ``capacity`` programs at once; None means the interpreter."""
+    if capacity is None:
+        # One program per group looping over 64-wide tiles: the interpreter's cost is per block operation.
+        block_u = min(64, triton.next_power_of_2(hidden))
+        block_n = min(64, triton.next_power_of_2(h_out))
+        unit_tiles = triton.cdiv(hidden, block_u)
+        return Plan(16, block_u, unit_tiles, block_n, triton.cdiv(h_out, block_n), 1, triton.cdiv(batch, 16), 64,
+                    unit_tiles == 1 and h_out <= 64)  # fmt: skip
+    # Batch tiles of up to 32 rows: at 64 the hoisted tiles need more shared memory than a block may have
+    # (264 KB measured on an H200 at H = 256); a larger batch takes more tiles.
+    block_b = min(32, max(16, triton.next_power_of_2(batch)))
+    batch_tiles = triton.cdiv(batch, block_b)
+    hoist_w = h_out <= _HOIST_MAX_K and dtype != torch.float64
+    block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else STREAM_K
+    for block_u in _UNIT_BLOCKS[torch.finfo(dtype).bits // 8]:
+        programs = triton.cdiv(hidden, block_u)
+        if batch_tiles * programs * num_directions <= capacity:
+            return Plan(block_b, block_u, 1, block_u, 1, programs, batch_tiles, block_k, hoist_w)
+    return (
+        f"{batch_tiles} batch tiles x {num_directions} directions x hidden_size={hidden} need more than the "
+        f"{capacity} co-resident programs of this GPU"
+    )
+
+
+def _launch_options():
+    return {} if tuning.INTERPRETED else {"launch_cooperative_grid": True}
+
+
+def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, config: dict | None = None):
+    """Same contract as ``launch.step_forward``, with one kernel launch for the whole sequence.
+
+    ``config`` replaces the planned tiles and warps (tests): keys BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_N,
+    COL_TILES, PROGRAMS, BLOCK_K, HOIST_W, num_warps.
+    """
+    seq_len, batch, _ = x.shape
+    num_directions, four_hidden, h_out = w_hh.shape
+    hidden = four_hidden // 4
+    buffers = launch.prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
+    if batch == 0:
+        return launch.finish_forward(buffers, lengths, x.dtype)
+    tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config)
+    unprojected = (
+        torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=x.device) if w_hr is not None else None
+    )
+    sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
+    kernel = tuning.persistent_forward_kernel if config is None else tuning.lstm_persistent_forward_kernel
+    meta = {} if config is None else {"num_warps": config.get("num_warps", 4)}
+    kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
+        buffers.x_proj, buffers.bias if buffers.bias is not None else buffers.cs, w_hh.contiguous(),
+        w_hr.contiguous() if w_hr is not None else w_hh, buffers.hs,
+        unprojected if unprojected is not None else buffers.hs, buffers.cs, buffers.gates,
+        lengths if lengths is not None else sync, sync,
+        seq_len, batch, buffers.x_proj.stride(0), buffers.x_proj.stride(1),
+        HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_PROJ=w_hr is not None,
+        HAS_LENGTHS=lengths is not None, SAVE=save, UPCAST=launch.upcast_dot(x.dtype), BLOCK_B=tiles.block_b,
+        BLOCK_U=tiles.block_u,
+        UNIT_TILES=tiles.unit_tiles, BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
+        HOIST_W=tiles.hoist_w, **meta, **_launch_options(),
+    )  # fmt: skip
+    return launch.finish_forward(buffers, lengths, x.dtype)
+
+
+def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths=None, *,
+                        config: dict | None = None):  # fmt: skip
+    """Same contract as ``launch.step_backward``, with one kernel launch for the whole recurrence."""
+    seq_len, batch, _ = x.shape
+    num_directions, four_hidden, h_out = w_hh.shape
+    hidden = four_hidden // 4
+    d_hs, d_gates = launch.prepare_backward(grad_output, grad_h_n, lengths, hidden)
+    acc_dtype = d_gates.dtype
+    d_cs = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
+    d_cs[0] = grad_c_n
+    d_h0 = torch.empty(num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
+    if batch > 0:
+        tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config)
+        sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
+        kernel = tuning.persistent_backward_kernel if config is None else tuning.lstm_persistent_backward_kernel
+        meta = {} if config is None else {"num_warps": config.get("num_warps", 4)}
+        kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
+            saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs, d_gates,
+            d_cs, d_h0, lengths if lengths is not None else sync, sync, seq_len, batch,
+            HIDDEN=hidden, H_OUT=h_out, BLOCK_B=tiles.block_b, BLOCK_U=tiles.block_u, UNIT_TILES=tiles.unit_tiles,
+            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=min(tiles.block_k, STREAM_K),
+            HAS_PROJ=w_hr is not None,
+            HAS_LENGTHS=lengths is not None, **meta, **_launch_options(),
+        )  # fmt: skip
+    d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = launch.weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved, lengths)
+    return d_x, d_h0, d_cs[seq_len % 2], d_w_ih, d_w_hh, d_bias, d_w_hr
+
+
+def _tiles(hidden, h_out, batch, num_directions, dtype, device, config) -> Plan:
+    if config is not None:
+        return Plan(config["BLOCK_B"], config["BLOCK_U"], config["UNIT_TILES"], config["BLOCK_N"],
+                    config["COL_TILES"], config["PROGRAMS"], triton.cdiv(batch, config["BLOCK_B"]),
+                    config["BLOCK_K"], config["HOIST_W"])  # fmt: skip
+    planned = plan(hidden, h_out, batch, num_directions, dtype, device)
+    if isinstance(planned, str):
+        raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")
+    return planned
