@@ -4,6 +4,7 @@ tail is exercised, and with outputs poisoned (NaN) before the kernels run so tha
 import pytest
 import torch
 
+import triton_lstm
 from conformance.helpers import TOLERANCES
 from triton_lstm import launch, launch_persistent
 from triton_lstm.reference import reference_lstm, reference_lstm_varlen
@@ -170,3 +171,58 @@ def test_inference_keeps_two_cell_slots(kernel, device, monkeypatch):
     *_, saved = LAUNCHERS[kernel][0](x, h0, h0.clone(), w_ih, w_hh, b_ih + b_hh, None, save=False)
     assert saved is None
     assert kept["buffers"].cs.shape[0] == 2 and kept["buffers"].gates.shape[0] == 1
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_persistent_launches_one_recurrent_kernel_per_layer(num_layers, device, triton_only):
+    """The persistent path runs a whole layer (both directions) in one launch, forward and backward: not T."""
+    torch.manual_seed(0)
+    module = triton_lstm.LSTM(3, 6, num_layers=num_layers, bidirectional=True, device=device, kernel="persistent")
+    x = torch.randn(7, 2, 3, device=device, requires_grad=True)
+    with triton_only() as run:
+        output, (h_n, c_n) = module(x)
+        assert run.by_kernel["persistent_forward_kernel"] == num_layers
+        (output.sum() + h_n.sum() + c_n.sum()).backward()
+    assert run.by_kernel == {
+        "step_forward_kernel": 0,
+        "persistent_forward_kernel": num_layers,
+        "step_backward_kernel": 0,
+        "persistent_backward_kernel": num_layers,
+    }
+
+
+def test_step_launches_one_kernel_per_step_and_layer(device, triton_only):
+    torch.manual_seed(0)
+    module = triton_lstm.LSTM(3, 6, num_layers=2, device=device, kernel="step")
+    x = torch.randn(5, 2, 3, device=device, requires_grad=True)
+    with triton_only() as run:
+        module(x)[0].sum().backward()
+    assert run.by_kernel["step_forward_kernel"] == 2 * 5 and run.by_kernel["step_backward_kernel"] == 2 * 5
+
+
+def test_auto_kernel_choice(monkeypatch):
+    """kernel='auto': the step kernel under the interpreter; on a GPU the persistent kernel where its plan holds
+    W_hh on chip and its grid fits the device, else the step kernel. Named kernels are honoured or refused."""
+    from triton_lstm import functional, tuning
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(tuning, "INTERPRETED", False)
+    monkeypatch.setattr(launch_persistent, "_device_programs", lambda device: 132)
+    fp16 = torch.float16
+    assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 1, fp16)) == "persistent"
+    assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 2, torch.float32)) == "persistent"
+    # W_hh streamed from L2 (H_out > 256): not yet timed faster than the step kernel.
+    assert functional.resolve_kernel("auto", cuda, (1024, 1024, 16, 1, fp16)) == "step"
+    assert functional.resolve_kernel("persistent", cuda, (1024, 1024, 16, 1, fp16)) == "persistent"
+    # More programs than the GPU holds at once: 32 batch tiles x 2 directions x at least 8 programs > 132.
+    too_many = (1024, 1024, 1024, 2, fp16)
+    assert functional.resolve_kernel("auto", cuda, too_many) == "step"
+    with pytest.raises(RuntimeError, match="co-resident programs"):
+        functional.resolve_kernel("persistent", cuda, too_many)
+    assert functional.resolve_kernel("step", cuda, too_many) == "step"
+    # Without the interpreter, CPU tensors fall back to torch under "auto" and refuse a named kernel.
+    assert functional.resolve_kernel("auto", torch.device("cpu"), (6, 6, 2, 1, torch.float32)) is None
+    with pytest.raises(RuntimeError, match="cannot run on cpu tensors"):
+        functional.resolve_kernel("persistent", torch.device("cpu"), (6, 6, 2, 1, torch.float32))
+    monkeypatch.setattr(tuning, "INTERPRETED", True)
+    assert functional.resolve_kernel("auto", torch.device("cpu"), (6, 6, 2, 1, torch.float32)) == "step"

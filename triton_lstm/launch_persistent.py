@@ -60,11 +60,11 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         unit_tiles = triton.cdiv(hidden, block_u)
         return Plan(16, block_u, unit_tiles, block_n, triton.cdiv(h_out, block_n), 1, triton.cdiv(batch, 16), 64,
                     unit_tiles == 1 and h_out <= 64)  # fmt: skip
-    # Batch tiles of up to 32 rows: at 64 the hoisted tiles need more shared memory than a block may have
-    # (264 KB measured on an H200 at H = 256); a larger batch takes more tiles.
-    block_b = min(32, max(16, triton.next_power_of_2(batch)))
-    batch_tiles = triton.cdiv(batch, block_b)
     hoist_w = h_out <= _HOIST_MAX_K and dtype != torch.float64
+    # Batch tiles of up to 32 rows, and 16 with W_hh hoisted: at 32 the hoisted fp16 tiles spill (aot report), and
+    # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256).
+    block_b = 16 if hoist_w else min(32, max(16, triton.next_power_of_2(batch)))
+    batch_tiles = triton.cdiv(batch, block_b)
     block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else STREAM_K
     for block_u in _UNIT_BLOCKS[torch.finfo(dtype).bits // 8]:
         programs = triton.cdiv(hidden, block_u)
