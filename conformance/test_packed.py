@@ -181,3 +181,22 @@ def test_bad_packed_input_raises_dense_errors(name, device):
         reference(dense_input, hx)
     with pytest.raises(type(dense_error.value), match="^" + re.escape(str(dense_error.value)) + "$"):
         ours(packed, hx)
+
+
+@pytest.mark.parametrize("kernel", ["step", "persistent"])
+def test_packed_costs_the_padded_launches(kernel, device, triton_only):
+    """A packed batch launches exactly what the padded batch of its longest sequence launches: per-row lengths are
+    masked inside the kernels, nothing is re-packed per step."""
+    torch.manual_seed(0)
+    module = triton_lstm.LSTM(INPUT_SIZE, HIDDEN, num_layers=2, bidirectional=True, device=device, kernel=kernel)
+    lengths = [6, 2, 4]
+    padded = torch.randn(max(lengths), len(lengths), INPUT_SIZE, device=device)
+    counts = []
+    for value in (pack_padded_sequence(padded, lengths, enforce_sorted=False), padded):
+        before = dict(triton_only.by_kernel)
+        with triton_only():
+            output, (h_n, _) = module(value)
+            (output.data.sum() + h_n.sum()).backward()
+        counts.append({name: n - before[name] for name, n in triton_only.by_kernel.items()})
+    assert counts[0] == counts[1]
+    assert counts[0][f"{kernel}_forward_kernel"] == (2 if kernel == "persistent" else 2 * max(lengths))
