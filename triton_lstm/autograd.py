@@ -41,9 +41,11 @@ def backward(ctx, grad_output, grad_h_n, grad_c_n, *_):
     d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = torch.ops.triton_lstm.layer_backward(
         grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, hs, gates, cs, lengths, ctx.kernel
     )
-    d_b = d_bias if ctx.has_bias else None
+    # b_ih and b_hh get equal gradients but not one tensor: autograd may adopt a returned gradient as .grad, and two
+    # .grad attributes sharing storage would double every later accumulation into either.
+    d_b_ih, d_b_hh = (d_bias, d_bias.clone()) if ctx.has_bias else (None, None)
     d_w_hr = d_w_hr if w_hr is not None else None
-    return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b, d_b, d_w_hr, None, None, None
+    return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, None, None, None
 
 
 def double_backward(ctx, *grads):

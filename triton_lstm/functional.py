@@ -50,7 +50,12 @@ def _sizes(input, weights, bidirectional, proj_size, batch=None):
 
 
 def _stack(tensors):
-    return None if tensors[0] is None else torch.stack(tensors)
+    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy: autograd then sees an
+    in-place change of the weight between forward and backward and raises as torch does (with two directions the
+    stacked copy hides it)."""
+    if tensors[0] is None:
+        return None
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
 
 def _layer(x, h0, c0, layer_weights, lengths, kernel):

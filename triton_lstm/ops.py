@@ -18,7 +18,7 @@ layer_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr?, hs
 import torch
 from torch import Tensor
 
-from triton_lstm import autograd, launch
+from triton_lstm import autograd, launch, tuning
 
 _Outputs = tuple[Tensor, ...]
 
@@ -59,7 +59,7 @@ def layer_forward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths)
     # Callers cast for autocast before the operator (as torch's LSTM does); inside, every dtype is the kernels'.
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False), tuning.serialized():
         bias = b_ih.to(launch.accumulator_dtype(x.dtype)) + b_hh if b_ih is not None else None
         output, h_n, c_n, saved = autograd.FORWARD_LAUNCHERS[kernel](
             x.contiguous(), h0.contiguous(), c0.contiguous(), w_ih, w_hh, bias, w_hr, lengths, save=save
@@ -102,7 +102,7 @@ def layer_backward(
     kernel: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     inputs = (grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, hs, gates, cs, lengths)
-    with torch.autocast(x.device.type, enabled=False):
+    with torch.autocast(x.device.type, enabled=False), tuning.serialized():
         saved = launch.ForwardSaved(hs=hs, gates=gates, cs=cs)
         d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = autograd.BACKWARD_LAUNCHERS[kernel](
             grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths

@@ -9,7 +9,9 @@ Environment: ``TRITON_LSTM_AUTOTUNE=0`` (read at import) runs one default config
 Triton's own ``TRITON_PRINT_AUTOTUNING=1`` prints the config chosen for each key.
 """
 
+import contextlib
 import os
+import threading
 
 import triton
 
@@ -29,6 +31,15 @@ def _is_interpreted(kernel) -> bool:
 
 INTERPRETED = _is_interpreted(lstm_step_forward_kernel)
 AUTOTUNE = os.environ.get("TRITON_LSTM_AUTOTUNE", "1") != "0"
+
+# Triton's interpreter keeps per-launch state in globals, so launches from two threads at once corrupt each other.
+_INTERPRETER_LOCK = threading.RLock()
+
+
+def serialized():
+    """Context for one launcher call: one thread at a time under the interpreter, no lock on a GPU."""
+    return _INTERPRETER_LOCK if INTERPRETED else contextlib.nullcontext()
+
 
 # Under the interpreter: blocks large enough that test shapes take one or two tiles.
 _INTERPRETER_FORWARD = {"BLOCK_B": 16, "BLOCK_H": 64, "BLOCK_K": 64}

@@ -95,18 +95,30 @@ def lstm_persistent_backward_kernel(
             gate_g = tl.load(p_gu + 2 * HIDDEN, mask=m_bu, other=0.0)
             gate_o = tl.load(p_gu + 3 * HIDDEN, mask=m_bu, other=0.0)
             if HAS_LENGTHS:
-                # A finished row saved zero gates, so each gate gradient below is zero; f = 1 passes dc on.
-                gate_f = tl.where((step < length)[:, None], gate_f, 1.0)
+                # Past a row's length, f = 1 passes dc on unchanged (the gate gradients are masked to zero below).
+                active = (step < length)[:, None]
+                gate_f = tl.where(active, gate_f, 1.0)
             c = tl.load(p_c + (step + 1) * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             c_prev = tl.load(p_c + step * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             d_c = tl.load(p_dc + dc_in * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             tanh_c = tanh(c)
             d_c = d_c + d_m * gate_o * (1.0 - tanh_c * tanh_c)
+            da_i = d_c * gate_g * gate_i * (1.0 - gate_i)
+            da_f = d_c * c_prev * gate_f * (1.0 - gate_f)
+            da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
+            da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
+            if HAS_LENGTHS:
+                # Masked, not multiplied by the zero gates saved there: an infinite saved cell state (from an
+                # infinite c0) would turn 0 * inf into NaN.
+                da_i = tl.where(active, da_i, 0.0)
+                da_f = tl.where(active, da_f, 0.0)
+                da_g = tl.where(active, da_g, 0.0)
+                da_o = tl.where(active, da_o, 0.0)
             p_dgu = p_dg + step * g_slot + o_u[None, :]
-            tl.store(p_dgu, d_c * gate_g * gate_i * (1.0 - gate_i), mask=m_bu)
-            tl.store(p_dgu + HIDDEN, d_c * c_prev * gate_f * (1.0 - gate_f), mask=m_bu)
-            tl.store(p_dgu + 2 * HIDDEN, d_c * gate_i * (1.0 - gate_g * gate_g), mask=m_bu)
-            tl.store(p_dgu + 3 * HIDDEN, d_m * tanh_c * gate_o * (1.0 - gate_o), mask=m_bu)
+            tl.store(p_dgu, da_i, mask=m_bu)
+            tl.store(p_dgu + HIDDEN, da_f, mask=m_bu)
+            tl.store(p_dgu + 2 * HIDDEN, da_g, mask=m_bu)
+            tl.store(p_dgu + 3 * HIDDEN, da_o, mask=m_bu)
             tl.store(p_dc + dc_out * c_slot + o_u[None, :], d_c * gate_f, mask=m_bu)
 
         arrivals += n_p

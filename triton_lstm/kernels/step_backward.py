@@ -13,7 +13,7 @@ as one GEMM over all steps) and dc_{t-1}. Recomputing the element-wise part per 
 step in one launch; it costs H * B element-wise work per tile against H * B * BLOCK_N multiply-adds.
 
 Variable lengths (HAS_LENGTHS): a row past its length at this step has zero gate gradients and passes dc on
-unchanged, mirroring the forward kernel, which kept its cell state there and saved zero gates.
+unchanged, mirroring the forward kernel, which kept its cell state there.
 """
 
 import triton
@@ -88,7 +88,7 @@ def lstm_step_backward_kernel(
         gate_g = tl.load(p_g + 2 * HIDDEN, mask=m_bu, other=0.0)
         gate_o = tl.load(p_g + 3 * HIDDEN, mask=m_bu, other=0.0)
         if HAS_LENGTHS:
-            # A finished row saved zero gates, so each gate gradient below is zero; f = 1 passes dc on unchanged.
+            # Past a row's length, f = 1 passes dc on unchanged (the gate gradients are masked to zero below).
             gate_f = tl.where(active, gate_f, 1.0)
         c = tl.load(c_ptr + i_d * stride_c_d + o_b64[:, None] * stride_c_b + o_u[None, :], mask=m_bu, other=0.0)
         c_prev = tl.load(
@@ -103,6 +103,13 @@ def lstm_step_backward_kernel(
         da_f = d_c * c_prev * gate_f * (1.0 - gate_f)
         da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
         da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
+        if HAS_LENGTHS:
+            # Zero past a row's length. The saved gates there are zero too, but masking, not multiplying by them,
+            # keeps an infinite saved cell state (from an infinite c0) from turning 0 * inf into NaN.
+            da_i = tl.where(active, da_i, 0.0)
+            da_f = tl.where(active, da_f, 0.0)
+            da_g = tl.where(active, da_g, 0.0)
+            da_o = tl.where(active, da_o, 0.0)
 
         if i_n == 0:
             p_dg = d_gates_ptr + i_d * stride_dg_d + o_b64[:, None] * stride_dg_b + o_u[None, :]
