@@ -47,3 +47,29 @@ def dot_acc(a, b, acc, UPCAST: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev):
+    """One LSTM cell from the four gate pre-activations: (i, f, g, o after activation, c, h)."""
+    gate_i = sigmoid(acc_i)
+    gate_f = sigmoid(acc_f)
+    gate_g = tanh(acc_g)
+    gate_o = sigmoid(acc_o)
+    c = gate_f * c_prev + gate_i * gate_g
+    return gate_i, gate_f, gate_g, gate_o, c, gate_o * tanh(c)
+
+
+@triton.jit
+def cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev):
+    """Gradients of one LSTM cell: d_m = dL/d(o * tanh(c)), d_c = dL/dc from the next step.
+
+    Returns the gate pre-activation gradients (da_i, da_f, da_g, da_o) and the total dL/dc of this step.
+    """
+    tanh_c = tanh(c)
+    d_c = d_c + d_m * gate_o * (1.0 - tanh_c * tanh_c)
+    da_i = d_c * gate_g * gate_i * (1.0 - gate_i)
+    da_f = d_c * c_prev * gate_f * (1.0 - gate_f)
+    da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
+    da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
+    return da_i, da_f, da_g, da_o, d_c

@@ -12,7 +12,7 @@ The weight gradients are left to GEMMs over all steps afterwards, from the store
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import dot_acc, tanh
+from triton_lstm.kernels.math import cell_backward, dot_acc
 from triton_lstm.kernels.sync import group_barrier
 
 
@@ -101,12 +101,7 @@ def lstm_persistent_backward_kernel(
             c = tl.load(p_c + (step + 1) * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             c_prev = tl.load(p_c + step * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             d_c = tl.load(p_dc + dc_in * c_slot + o_u[None, :], mask=m_bu, other=0.0)
-            tanh_c = tanh(c)
-            d_c = d_c + d_m * gate_o * (1.0 - tanh_c * tanh_c)
-            da_i = d_c * gate_g * gate_i * (1.0 - gate_i)
-            da_f = d_c * c_prev * gate_f * (1.0 - gate_f)
-            da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
-            da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
+            da_i, da_f, da_g, da_o, d_c = cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev)
             if HAS_LENGTHS:
                 # Masked, not multiplied by the zero gates saved there: an infinite saved cell state (from an
                 # infinite c0) would turn 0 * inf into NaN.

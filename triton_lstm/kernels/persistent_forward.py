@@ -16,7 +16,7 @@ hs and cs slot 0 hold h0 and c0, slot s + 1 the state after step s.
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import dot_acc, sigmoid, tanh
+from triton_lstm.kernels.math import cell_forward, dot_acc
 from triton_lstm.kernels.sync import group_barrier
 
 
@@ -145,13 +145,8 @@ def lstm_persistent_forward_kernel(
                 acc_f += tl.load(p_bias + HIDDEN, mask=m_u, other=0.0)[None, :]
                 acc_g += tl.load(p_bias + 2 * HIDDEN, mask=m_u, other=0.0)[None, :]
                 acc_o += tl.load(p_bias + 3 * HIDDEN, mask=m_u, other=0.0)[None, :]
-            gate_i = sigmoid(acc_i)
-            gate_f = sigmoid(acc_f)
-            gate_g = tanh(acc_g)
-            gate_o = sigmoid(acc_o)
             c_prev = tl.load(p_cs + c_in * cs_slot + o_u[None, :], mask=m_bu, other=0.0)
-            c = gate_f * c_prev + gate_i * gate_g
-            h = gate_o * tanh(c)
+            gate_i, gate_f, gate_g, gate_o, c, h = cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
             if HAS_LENGTHS:
                 # A finished row keeps its cell state and saves zero gates (see the step kernel).
                 c = tl.where(active, c, c_prev)

@@ -19,7 +19,7 @@ unchanged, mirroring the forward kernel, which kept its cell state there.
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import dot_acc, tanh
+from triton_lstm.kernels.math import cell_backward, dot_acc
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -97,12 +97,7 @@ def lstm_step_backward_kernel(
         d_m = tl.load(d_m_ptr + i_d * stride_dm_d + o_b64[:, None] * stride_dm_b + o_u[None, :], mask=m_bu, other=0.0)
         d_c = tl.load(d_c_ptr + i_d * stride_dc_d + o_b64[:, None] * stride_dc_b + o_u[None, :], mask=m_bu, other=0.0)
 
-        tanh_c = tanh(c)
-        d_c = d_c + d_m * gate_o * (1.0 - tanh_c * tanh_c)
-        da_i = d_c * gate_g * gate_i * (1.0 - gate_i)
-        da_f = d_c * c_prev * gate_f * (1.0 - gate_f)
-        da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
-        da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
+        da_i, da_f, da_g, da_o, d_c = cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev)
         if HAS_LENGTHS:
             # Zero past a row's length. The saved gates there are zero too, but masking, not multiplying by them,
             # keeps an infinite saved cell state (from an infinite c0) from turning 0 * inf into NaN.

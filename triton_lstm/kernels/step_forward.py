@@ -15,7 +15,7 @@ final c, and stores zero gates, so that nothing computed from the saved steps of
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import dot_acc, sigmoid, tanh
+from triton_lstm.kernels.math import cell_forward, dot_acc
 
 
 @triton.jit(do_not_specialize=["step", "seq_len"])
@@ -104,13 +104,8 @@ def lstm_step_forward_kernel(
         acc_g += tl.load(p_bias + 2 * HIDDEN, mask=m_h, other=0.0)[None, :]
         acc_o += tl.load(p_bias + 3 * HIDDEN, mask=m_h, other=0.0)[None, :]
 
-    gate_i = sigmoid(acc_i)
-    gate_f = sigmoid(acc_f)
-    gate_g = tanh(acc_g)
-    gate_o = sigmoid(acc_o)
     c_prev = tl.load(c_prev_ptr + i_d * stride_cp_d + o_b64[:, None] * stride_cp_b + o_h[None, :], mask=m_bh)
-    c = gate_f * c_prev + gate_i * gate_g
-    h = gate_o * tanh(c)
+    gate_i, gate_f, gate_g, gate_o, c, h = cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
     if HAS_LENGTHS:
         c = tl.where(active, c, c_prev)
         gate_i = tl.where(active, gate_i, 0.0)
