@@ -9,7 +9,7 @@ from collections.abc import Callable
 from torch import nn
 from torch.nn.utils import parametrize
 
-from triton_lstm.module import LSTM, _without_dropout_warning
+from triton_lstm.module import LSTM, meta_twin
 
 
 def convert(model: nn.Module, *, kernel: str = "auto") -> nn.Module:
@@ -58,20 +58,7 @@ def _rebuild(old: nn.Module, cls: type, **extra) -> nn.Module:
             f"cannot convert a {type(old).__name__} with parametrized weights; remove the parametrizations first "
             "(torch.nn.utils.parametrize.remove_parametrizations)"
         )
-    with _without_dropout_warning():
-        # On the meta device nothing is allocated and no random numbers are drawn: the weights come from ``old``.
-        new = cls(
-            old.input_size,
-            old.hidden_size,
-            num_layers=old.num_layers,
-            bias=old.bias,
-            batch_first=old.batch_first,
-            dropout=old.dropout,
-            bidirectional=old.bidirectional,
-            proj_size=old.proj_size,
-            device="meta",
-            **extra,
-        )
+    new = meta_twin(cls, old, **extra)
     for name in old._flat_weights_names:
         setattr(new, name, getattr(old, name))
     if isinstance(new, nn.LSTM) and new.weight_ih_l0.is_cuda:

@@ -155,20 +155,7 @@ class LSTM(nn.Module):
         if not isinstance(module, nn.LSTM):
             raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
         first = module.weight_ih_l0
-        with _without_dropout_warning():
-            new = cls(
-                module.input_size,
-                module.hidden_size,
-                num_layers=module.num_layers,
-                bias=module.bias,
-                batch_first=module.batch_first,
-                dropout=module.dropout,
-                bidirectional=module.bidirectional,
-                proj_size=module.proj_size,
-                device="meta",
-                dtype=first.dtype,
-                kernel=kernel,
-            )
+        new = meta_twin(cls, module, dtype=first.dtype, kernel=kernel)
         new.to_empty(device=first.device)
         _copy_parameters(module, new)
         return new.train(module.training)
@@ -176,19 +163,7 @@ class LSTM(nn.Module):
     def to_torch(self):
         """Return a ``torch.nn.LSTM`` with this module's configuration, device, dtype, weights and mode."""
         first = self.weight_ih_l0
-        with _without_dropout_warning():
-            module = nn.LSTM(
-                self.input_size,
-                self.hidden_size,
-                num_layers=self.num_layers,
-                bias=self.bias,
-                batch_first=self.batch_first,
-                dropout=self.dropout,
-                bidirectional=self.bidirectional,
-                proj_size=self.proj_size,
-                device="meta",
-                dtype=first.dtype,
-            )
+        module = meta_twin(nn.LSTM, self, dtype=first.dtype)
         module.to_empty(device=first.device)
         _copy_parameters(self, module)
         return module.train(self.training)
@@ -357,6 +332,25 @@ class LSTM(nn.Module):
             "training": self.training,
             "kernel": self.kernel,
         }
+
+
+def meta_twin(cls, old, **extra):
+    """A ``cls`` (this LSTM or torch.nn.LSTM) with ``old``'s configuration, built on the meta device: nothing is
+    allocated and no random numbers are drawn, since the caller supplies the weights. ``extra``: more keyword
+    arguments of ``cls``."""
+    with _without_dropout_warning():
+        return cls(
+            old.input_size,
+            old.hidden_size,
+            num_layers=old.num_layers,
+            bias=old.bias,
+            batch_first=old.batch_first,
+            dropout=old.dropout,
+            bidirectional=old.bidirectional,
+            proj_size=old.proj_size,
+            device="meta",
+            **extra,
+        )
 
 
 def _copy_parameters(source, target):
