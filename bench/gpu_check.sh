@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# GPU check: the conformance suite on CUDA, the core benchmark sweep and its report, in under 8 minutes.
+# GPU check: the conformance suite on CUDA, a benchmark sweep and its report, and the persistent kernel's tilings
+# timed, in under 9 minutes on a fresh machine.
 #
 #   bench/gpu_check.sh OUTDIR
 #
 # Needs a machine with a GPU where python3 has torch and triton (no network, nothing installed). Outside a git
-# checkout, set BENCH_GIT_COMMIT to the commit the tree was copied from: rows record it. Every step has a
-# time limit, so the script always reaches the sweep and the report. OUTDIR gets 6 files:
+# checkout, set BENCH_GIT_COMMIT to the commit the tree was copied from: rows record it.
+#
+# Kernel compilation (single-threaded, seconds per kernel) dominates a fresh machine, so the check runs in two
+# phases. Phase 1, all at once: the conformance suite; the sweep run at T = 32 split over WARM_JOBS processes and
+# the tilings run at T = 16 over TILE_JOBS processes, which only fill Triton's on-disk cache (sequence lengths are
+# not part of any kernel's specialisation); two autotuned runs of one size, which print the chosen configs and show
+# the second process reusing the first one's tuning. Phase 2, alone on the GPU: the sweep's timings, the tilings'
+# timings, the report. Every step has a time limit. OUTDIR gets 8 files:
 #   gpu.txt          nvidia-smi, versions, and each step's exit status and duration
-#   conformance.log  python3 -m pytest conformance/ -x -q  (TRITON_LSTM_AUTOTUNE=0: no autotune compile storms;
-#                    -n 4 when pytest-xdist is installed)
-#   sweep.csv        python3 -m bench --preset core        (schema in bench/README.md)
-#   sweep.log        the sweep's progress and errors, then the report's output
+#   conformance.log  python3 -m pytest conformance/ (-n CONFORMANCE_WORKERS with pytest-xdist)
+#   autotune.log     TRITON_LSTM_AUTOTUNE=1 TRITON_PRINT_AUTOTUNING=1, the same run twice
+#   sweep.csv        python3 -m bench $SWEEP_ARGS  (schema in bench/README.md)
+#   sweep.log        the sweep's progress and errors, the compile runs' last lines, the report's output
+#   tiles.csv        python3 -m bench.persistent_tiles $TILE_ARGS
 #   report.md        tables made from sweep.csv
 #   report.png       every plot in one figure (absent when matplotlib is missing; report.md says so)
 set -u
@@ -22,15 +30,23 @@ fi
 mkdir -p "$1"
 OUT=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.."
+WORK=$(mktemp -d)
 
-# Seconds. At worst 150 + 240 + 45 (+ 5 s grace each): under 8 minutes in all.
-CONFORMANCE_LIMIT=${CONFORMANCE_LIMIT:-150}
-SWEEP_BUDGET=${SWEEP_BUDGET:-200}  # the sweep starts no new measurement after this (what is left: "skipped" rows)
-SWEEP_LIMIT=${SWEEP_LIMIT:-240}    # hard stop; the CSV keeps every row written before it
-REPORT_LIMIT=${REPORT_LIMIT:-45}
-PRESET=${PRESET:-core}
+# Seconds. At worst 240 + 180 + 75 + 25 (+ 5 s grace each): 9 minutes.
+CONFORMANCE_LIMIT=${CONFORMANCE_LIMIT:-240}
+CONFORMANCE_WORKERS=${CONFORMANCE_WORKERS:-8}
+WARM_LIMIT=${WARM_LIMIT:-220}   # phase 1's compile runs stop here; phase 2 compiles whatever they did not reach
+WARM_JOBS=${WARM_JOBS:-6}
+TILE_JOBS=${TILE_JOBS:-3}
+SWEEP_BUDGET=${SWEEP_BUDGET:-140}  # the sweep starts no new measurement after this (what is left: "skipped" rows)
+SWEEP_LIMIT=${SWEEP_LIMIT:-180}    # hard stop; the CSV keeps every row written before it
+TILES_BUDGET=${TILES_BUDGET:-50}
+TILES_LIMIT=${TILES_LIMIT:-75}
+REPORT_LIMIT=${REPORT_LIMIT:-25}
+SWEEP_ARGS=${SWEEP_ARGS:---preset core}
+TILE_ARGS=${TILE_ARGS:---dtype fp16,fp32 --hidden-size 256,1024 --batch 16}
 # Autotuning compiles and times every config of every kernel for each new size and dtype: minutes per size on a
-# fresh machine, more than this check's budget. Rows record it in their env column.
+# fresh machine, more than this check's budget. Rows record it in their env column; autotune.log shows tuning.
 export TRITON_LSTM_AUTOTUNE=${TRITON_LSTM_AUTOTUNE:-0}
 
 # step NAME LIMIT LOG COMMAND...: run COMMAND under `timeout`, append its output to LOG and a summary to gpu.txt.
@@ -51,18 +67,55 @@ step() {
 {
     nvidia-smi
     python3 -c 'import sys, torch, triton; print("python", sys.version.split()[0], "| torch", torch.__version__, "| triton", triton.__version__, "| cuda", torch.version.cuda, "| available", torch.cuda.is_available())'
-    echo "TRITON_LSTM_AUTOTUNE=$TRITON_LSTM_AUTOTUNE"
+    echo "TRITON_LSTM_AUTOTUNE=$TRITON_LSTM_AUTOTUNE SWEEP_ARGS=$SWEEP_ARGS TILE_ARGS=$TILE_ARGS"
 } >"$OUT/gpu.txt" 2>&1
 
 : >"$OUT/conformance.log"
 : >"$OUT/sweep.log"
-# Kernel compilation dominates the suite's time: with pytest-xdist installed, 4 workers compile in parallel.
+: >"$OUT/autotune.log"
 PARALLEL=()
 if python3 -c 'import xdist' 2>/dev/null; then
-    PARALLEL=(-n 4)
+    PARALLEL=(-n "$CONFORMANCE_WORKERS")
 fi
+
+# Phase 1.
 step conformance "$CONFORMANCE_LIMIT" "$OUT/conformance.log" \
-    python3 -m pytest conformance/ -x -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"}
+    python3 -m pytest conformance/ -q -rfE --tb=short --durations=10 -p no:cacheprovider \
+    --continue-on-collection-errors ${PARALLEL[@]+"${PARALLEL[@]}"} &
+for ((i = 0; i < WARM_JOBS; i++)); do
+    # shellcheck disable=SC2086  # SWEEP_ARGS is a list of flags
+    step "compile sweep $i/$WARM_JOBS" "$WARM_LIMIT" "$WORK/warm-$i.log" \
+        python3 -m bench $SWEEP_ARGS --seq-len 32 --modes forward,forward_backward --shard "$i/$WARM_JOBS" \
+        --out "$WORK/warm-$i.csv" &
+done
+for ((i = 0; i < TILE_JOBS; i++)); do
+    # shellcheck disable=SC2086
+    step "compile tiles $i/$TILE_JOBS" "$WARM_LIMIT" "$WORK/tiles-$i.log" \
+        python3 -m bench.persistent_tiles $TILE_ARGS --compile-only --shard "$i/$TILE_JOBS" --out - &
+done
+(
+    for run in 1 2; do
+        echo "=== autotuned run $run" >>"$OUT/autotune.log"
+        TRITON_LSTM_AUTOTUNE=1 TRITON_PRINT_AUTOTUNING=1 step "autotuned run $run" "$WARM_LIMIT" \
+            "$OUT/autotune.log" python3 -m bench --batch 16 --hidden-size 256 --seq-len 64 --dtype fp16 \
+            --providers triton_step --out "$WORK/autotune-$run.csv"
+        python3 -c 'import csv, sys
+for row in csv.DictReader(open(sys.argv[1])):
+    print(row["provider"], row["mode"], row["status"], "first call", row["first_call_s"], "s")' \
+            "$WORK/autotune-$run.csv" >>"$OUT/autotune.log" 2>&1
+    done
+) &
+wait
+
+# Phase 2.
+# shellcheck disable=SC2086
 step sweep "$SWEEP_LIMIT" "$OUT/sweep.log" \
-    python3 -m bench --preset "$PRESET" --out "$OUT/sweep.csv" --time-budget "$SWEEP_BUDGET"
+    python3 -m bench $SWEEP_ARGS --out "$OUT/sweep.csv" --time-budget "$SWEEP_BUDGET"
+# shellcheck disable=SC2086
+step tiles "$TILES_LIMIT" "$OUT/sweep.log" \
+    python3 -m bench.persistent_tiles $TILE_ARGS --out "$OUT/tiles.csv" --time-budget "$TILES_BUDGET"
 step report "$REPORT_LIMIT" "$OUT/sweep.log" python3 -m bench.report "$OUT/sweep.csv" --out-dir "$OUT"
+for log in "$WORK"/warm-*.log "$WORK"/tiles-*.log; do
+    { echo "=== last lines of $(basename "$log")"; tail -n 5 "$log"; } >>"$OUT/sweep.log"
+done
+rm -rf "$WORK"

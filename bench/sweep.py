@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--providers", help="comma-separated providers (default: all; see --list)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--max-configs", type=int, help="run only the first N configurations")
+    parser.add_argument(
+        "--shard", default="0/1", help="I/N: run configurations I, I + N, I + 2N, ... (one of N processes)"
+    )
     parser.add_argument("--time-budget", type=float, help="seconds after which no new measurement starts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--list", action="store_true", help="print the configurations and providers, run nothing")
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     names = tuple(name for name in available if name in requested)  # torch first: the others' speedups need it
     overrides = {axis: parse(getattr(args, axis)) for _, axis, parse in _AXIS_FLAGS if getattr(args, axis)}
     packed = providers.accepts_packed(device)
-    configs = build_configs(PRESETS[preset], overrides, packed=packed)[: args.max_configs]
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    configs = build_configs(PRESETS[preset], overrides, packed=packed)[: args.max_configs][shard::shards]
 
     if args.list:
         print(f"providers: {', '.join(names)}\nmodes: {', '.join(modes)}\npacked input accepted: {packed}")
