@@ -91,7 +91,7 @@ done
 for ((i = 0; i < TILE_JOBS; i++)); do
     # shellcheck disable=SC2086
     step "compile tiles $i/$TILE_JOBS" "$WARM_LIMIT" "$WORK/tiles-$i.log" \
-        python3 -m bench.persistent_tiles $TILE_ARGS --compile-only --shard "$i/$TILE_JOBS" --out - &
+        python3 -m bench.persistent_tiles $TILE_ARGS --compile-only --shard "$i/$TILE_JOBS" &
 done
 (
     for run in 1 2; do

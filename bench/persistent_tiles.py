@@ -14,10 +14,10 @@ a GPU, candidates run with one program per group through the interpreter: a chec
 import argparse
 import csv
 import itertools
+import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -45,11 +45,14 @@ def parse_args(argv):
     parser.add_argument("--batch", default="16", help="comma-separated B")
     parser.add_argument("--seq-len", type=int, default=256, help="T of the timed calls")
     parser.add_argument("--reps", type=int, default=5, help="timed calls per candidate")
-    parser.add_argument("--out", required=True, help="CSV to write")
+    parser.add_argument("--out", help="CSV to write (not with --compile-only)")
     parser.add_argument("--compile-only", action="store_true", help="run each candidate once at T = 16, no CSV")
     parser.add_argument("--shard", default="0/1", help="I/N: this process takes candidates I, I + N, ...")
     parser.add_argument("--time-budget", type=float, help="seconds after which no new candidate starts")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.compile_only and not args.out:
+        parser.error("--out is required unless --compile-only")
+    return args
 
 
 def candidates(hidden: int, batch: int, capacity: int | None):
@@ -124,6 +127,21 @@ def time_calls(fn, device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
+def _measure(config: dict, cases: dict, key: tuple, seq_len: int, device: torch.device, args) -> dict:
+    """Status and timing columns of one candidate; ``cases`` keeps each (dtype, H, B)'s input and reference."""
+    dtype, hidden, batch = key
+    try:
+        case = cases.get(key) or cases.setdefault(key, Case(getattr(torch, dtype), hidden, batch, seq_len, device))
+        if args.compile_only:
+            run(config, case)
+            return {"status": "compiled"}
+        ms = time_calls(lambda: run(config, case), device, args.reps)
+        diff = (run(config, case).double() - case.reference.double()).abs().max().item()
+        return {"status": "ok", "median_ms": ms, "us_per_step": ms * 1e3 / seq_len, "max_abs_diff_vs_step": diff}
+    except Exception as error:  # a tiling that does not compile or launch is a result too
+        return {"status": "error", "error": " ".join(f"{type(error).__name__}: {error}".split())[:300]}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     use_interpreter_without_cuda()
@@ -145,44 +163,30 @@ def main(argv=None) -> int:
         for batch in _ints(args.batch)
         for config in candidates(hidden, batch, capacity)
     ][shard::shards]
-    out = None if args.compile_only else Path(args.out).open("w", newline="")
-    writer = csv.DictWriter(out, COLUMNS) if out is not None else None
-    if writer is not None:
-        writer.writeheader()
     cases = {}
-    for dtype, hidden, batch, config in jobs:
-        key = (dtype, hidden, batch)
-        torch_dtype = getattr(torch, dtype)
-        planned = plan(hidden, hidden, batch, 1, torch_dtype, device)
-        row = {
-            "device": machine.device, "triton_version": machine.triton_version, "git_commit": machine.git_commit,
-            "dtype": DTYPE_SHORT[dtype], "hidden_size": hidden, "batch": batch, "seq_len": seq_len,
-            "block_b": config["BLOCK_B"], "block_u": config["BLOCK_U"], "block_k": config["BLOCK_K"],
-            "hoist_w": config["HOIST_W"], "num_warps": config["num_warps"], "programs": config["PROGRAMS"],
-            "planned": not isinstance(planned, str)
-            and (planned.block_u, planned.block_k, planned.hoist_w, planned_warps)
-            == (config["BLOCK_U"], config["BLOCK_K"], config["HOIST_W"], config["num_warps"]),
-        }  # fmt: skip
-        if time.monotonic() > deadline:
-            row["status"] = "skipped"
-        else:
-            try:
-                case = cases.get(key) or cases.setdefault(key, Case(torch_dtype, hidden, batch, seq_len, device))
-                if args.compile_only:
-                    run(config, case)
-                    row["status"] = "compiled"
-                else:
-                    ms = time_calls(lambda: run(config, case), device, args.reps)  # noqa: B023
-                    diff = (run(config, case).double() - case.reference.double()).abs().max().item()
-                    row.update(status="ok", median_ms=ms, us_per_step=ms * 1e3 / seq_len, max_abs_diff_vs_step=diff)
-            except Exception as error:  # a tiling that does not compile or launch is a result too
-                row.update(status="error", error=" ".join(f"{type(error).__name__}: {error}".split())[:300])
-        print(", ".join(f"{name}={row.get(name, '')}" for name in COLUMNS[3:]), file=sys.stderr, flush=True)
-        if writer is not None:
+    with open(os.devnull if args.compile_only else args.out, "w", newline="") as out:
+        writer = csv.DictWriter(out, COLUMNS)
+        writer.writeheader()
+        for dtype, hidden, batch, config in jobs:
+            torch_dtype = getattr(torch, dtype)
+            planned = plan(hidden, hidden, batch, 1, torch_dtype, device)
+            row = {
+                "device": machine.device, "triton_version": machine.triton_version, "git_commit": machine.git_commit,
+                "dtype": DTYPE_SHORT[dtype], "hidden_size": hidden, "batch": batch, "seq_len": seq_len,
+                "block_b": config["BLOCK_B"], "block_u": config["BLOCK_U"], "block_k": config["BLOCK_K"],
+                "hoist_w": config["HOIST_W"], "num_warps": config["num_warps"], "programs": config["PROGRAMS"],
+                "planned": not isinstance(planned, str)
+                and (planned.block_u, planned.block_k, planned.hoist_w, planned_warps)
+                == (config["BLOCK_U"], config["BLOCK_K"], config["HOIST_W"], config["num_warps"]),
+            }  # fmt: skip
+            if time.monotonic() > deadline:
+                row["status"] = "skipped"
+            else:
+                key = (dtype, hidden, batch)
+                row.update(_measure(config, cases, key, seq_len, device, args))
+            print(", ".join(f"{name}={row.get(name, '')}" for name in COLUMNS[3:]), file=sys.stderr, flush=True)
             writer.writerow(row)
             out.flush()
-    if out is not None:
-        out.close()
     return 0
 
 
