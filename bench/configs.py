@@ -162,12 +162,16 @@ PRESETS = {
 def build_configs(preset: Preset, overrides: dict | None = None, *, packed: bool = False) -> list[BenchConfig]:
     """The preset's configurations, without duplicates, in sweep order.
 
-    ``overrides`` replaces some axes' values (e.g. ``{"batch": (8,)}``); the preset's extras, which sit outside its
-    grid, are dropped then. ``packed`` says the LSTMs under test accept a PackedSequence: then packed copies are
-    added as the preset says (with overrides, of every configuration).
+    ``overrides`` replaces some axes' values (e.g. ``{"batch": (8,)}``, ``{"packed": (False,)}``); the preset's
+    extras, which sit outside its grid, are dropped then. ``packed`` says the LSTMs under test accept a
+    PackedSequence: then packed copies are added as the preset says (with overrides, of every configuration, unless
+    the overrides set the packed axis).
     """
     axes = {**preset.axes, **(overrides or {})}
-    axes["packed"] = (False, True) if packed and (preset.packed_axis or overrides) else (False,)
+    if not packed:
+        axes["packed"] = (False,)
+    elif "packed" not in axes:
+        axes["packed"] = (False, True) if preset.packed_axis or overrides else (False,)
     grid = []
     for values in itertools.product(*(axes[name] for name in AXES)):
         point = dict(zip(AXES, values, strict=True))

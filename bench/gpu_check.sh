@@ -97,7 +97,7 @@ done
     for run in 1 2; do
         echo "=== autotuned run $run" >>"$OUT/autotune.log"
         TRITON_LSTM_AUTOTUNE=1 TRITON_PRINT_AUTOTUNING=1 step "autotuned run $run" "$WARM_LIMIT" \
-            "$OUT/autotune.log" python3 -m bench --batch 16 --hidden-size 256 --seq-len 64 --dtype fp16 \
+            "$OUT/autotune.log" python3 -m bench --batch 16 --hidden-size 256 --seq-len 64 --dtype fp16 --packed 0 \
             --providers triton_step --out "$WORK/autotune-$run.csv"
         python3 -c 'import csv, sys
 for row in csv.DictReader(open(sys.argv[1])):

@@ -52,6 +52,7 @@ _AXIS_FLAGS = (
     ("--num-layers", "num_layers", _ints),
     ("--bidirectional", "bidirectional", _bools),
     ("--dtype", "dtype", _dtypes),
+    ("--packed", "packed", _bools),
 )
 
 

@@ -128,3 +128,21 @@ def shape_cases() -> list[Case]:
         Case(batch=20, hidden_size=70, input_size=8, seq_len=3, proj_size=66, bidirectional=True),
     ]
     return [replace(case, dtype=dtype, kernel=kernel) for case in base for dtype in DTYPES for kernel in KERNELS]
+
+
+def model_size_cases(on_gpu: bool) -> list[Case]:
+    """Sizes of real models, for each kernel: on a GPU the persistent kernel's groups of many programs meeting at
+    grid barriers, with W_hh on chip (H_out <= 256) and streamed, several batch tiles, projection and two
+    directions. The interpreter runs one program per group, so on the CPU one smaller case (three unit tiles) stands
+    in; the GPU sizes would take minutes there."""
+    if on_gpu:
+        base = [
+            Case(batch=16, seq_len=33, input_size=256, hidden_size=256, dtype=torch.float16),
+            Case(batch=16, seq_len=33, input_size=256, hidden_size=256),
+            Case(batch=40, seq_len=17, input_size=64, hidden_size=768, dtype=torch.float16, hx=False),
+            Case(batch=16, seq_len=20, input_size=32, hidden_size=512, bidirectional=True, dtype=torch.bfloat16),
+            Case(batch=5, seq_len=9, input_size=96, hidden_size=1024, proj_size=256, num_layers=2, bidirectional=True),
+        ]
+    else:
+        base = [Case(batch=17, seq_len=3, input_size=8, hidden_size=130, bidirectional=True)]
+    return [replace(case, kernel=kernel) for case in base for kernel in KERNELS]

@@ -7,13 +7,13 @@ import torch
 
 import triton_lstm
 from conformance.helpers import LOW_PRECISION, assert_conforms, float64_twin
-from conformance.matrix import Case, mode_cases, shape_cases
+from conformance.matrix import Case, mode_cases, model_size_cases, shape_cases
 
 
 def pytest_generate_tests(metafunc):
     if "matrix_case" in metafunc.fixturenames:
         full = metafunc.config.getoption("--full-matrix")
-        cases = mode_cases(full) + shape_cases()
+        cases = mode_cases(full) + shape_cases() + model_size_cases(torch.cuda.is_available())
         metafunc.parametrize("matrix_case", cases, ids=[c.id for c in cases])
 
 
