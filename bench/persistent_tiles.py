@@ -1,10 +1,11 @@
-"""``python -m bench.persistent_tiles``: time the persistent forward kernel over tile shapes and warps.
+"""``python -m bench.persistent_tiles``: time the persistent kernels over tile shapes and warps.
 
 The launcher's plan (``triton_lstm.launch_persistent.plan``) picks one tiling per size from ahead-of-time resource
 reports; this measures the alternatives on a GPU, so that the plan's choices rest on timings. For every case
 (dtype, H, B) and every candidate tiling it writes one CSV row: the tiles, whether W_hh is held on chip
-(hoist_w), the grid, the median time per call and per step, and the largest difference from the per-step
-kernel's output on the same input.
+(hoist_w), the grid, and for the forward and the backward kernel (the backward streams W_hh and caps its chunk at
+``launch_persistent.STREAM_K``) the median time per call and per step and the largest difference from the
+per-step kernel's result on the same input (the output; the input gradient).
 
 ``--compile-only`` runs each candidate once on a short sequence (filling Triton's on-disk cache, no timing);
 ``--shard I/N`` takes every N-th candidate from the I-th, so that several processes compile in parallel. Without
@@ -29,12 +30,12 @@ from bench.sweep import _dtypes, _ints
 
 COLUMNS = (
     "device", "triton_version", "git_commit", "dtype", "hidden_size", "batch", "seq_len", "block_b", "block_u",
-    "block_k", "hoist_w", "num_warps", "programs", "planned", "status", "median_ms", "us_per_step",
-    "max_abs_diff_vs_step", "error",
+    "block_k", "hoist_w", "num_warps", "programs", "planned", "status", "forward_ms", "forward_us_per_step",
+    "forward_max_diff_vs_step", "backward_ms", "backward_us_per_step", "backward_max_diff_vs_step", "error",
 )  # fmt: skip
 # Candidate axes. Held on chip (hoist_w) only while H fits one reduction chunk, as in the plan.
 UNIT_BLOCKS = (16, 32, 64)
-STREAM_CHUNKS = (32, 64, 128)
+STREAM_CHUNKS = (64, 128, 256)
 WARPS = (4, 8)
 
 
@@ -78,7 +79,8 @@ def candidates(hidden: int, batch: int, capacity: int | None):
 
 
 class Case:
-    """Random weights and input of one (dtype, H, B), and the per-step kernel's output as the reference."""
+    """Random weights, input and upstream gradients of one (dtype, H, B), and the per-step kernels' output and
+    input gradient as references."""
 
     def __init__(self, dtype: torch.dtype, hidden: int, batch: int, seq_len: int, device: torch.device):
         from triton_lstm import launch
@@ -89,23 +91,33 @@ class Case:
         def rand(*shape, factor=1.0):
             return (torch.rand(*shape, generator=generator) * 2 - 1).mul(factor).to(device=device, dtype=dtype)
 
-        self.args = (
-            rand(seq_len, batch, hidden),
-            rand(1, batch, hidden),
-            rand(1, batch, hidden).to(launch.accumulator_dtype(dtype)),
-            rand(1, 4 * hidden, hidden, factor=scale),
-            rand(1, 4 * hidden, hidden, factor=scale),
-            rand(1, 4 * hidden, factor=scale),
-            None,
-        )
-        self.reference = launch.step_forward(*self.args, save=False)[0]
+        x, h0, c0 = rand(seq_len, batch, hidden), rand(1, batch, hidden), rand(1, batch, hidden)
+        c0 = c0.to(launch.accumulator_dtype(dtype))
+        w_ih, w_hh, bias = (rand(1, 4 * hidden, hidden, factor=scale), rand(1, 4 * hidden, hidden, factor=scale),
+                            rand(1, 4 * hidden, factor=scale))  # fmt: skip
+        self.forward_args = (x, h0, c0, w_ih, w_hh, bias, None)
+        self.upstream = (rand(seq_len, batch, hidden), rand(1, batch, hidden), rand(1, batch, hidden).float())
+        self.backward_args = (x, h0, c0, w_ih, w_hh, None)
+        with torch.no_grad():
+            self.reference, _, _, saved = launch.step_forward(*self.forward_args, save=True)
+            self.saved = saved
+            self.reference_d_x = launch.step_backward(*self.upstream, *self.backward_args, saved)[0]
 
 
-def run(config: dict, case: Case):
+def run_forward(config: dict, case: Case) -> torch.Tensor:
+    """The output of the persistent forward with this tiling."""
     from triton_lstm import launch_persistent, tuning
 
     with tuning.serialized():
-        return launch_persistent.persistent_forward(*case.args, save=False, config=config)[0]
+        return launch_persistent.persistent_forward(*case.forward_args, save=False, config=config)[0]
+
+
+def run_backward(config: dict, case: Case) -> torch.Tensor:
+    """The input gradient of the persistent backward with this tiling (from the per-step forward's saved state)."""
+    from triton_lstm import launch_persistent, tuning
+
+    with tuning.serialized():
+        return launch_persistent.persistent_backward(*case.upstream, *case.backward_args, case.saved, config=config)[0]
 
 
 def time_calls(fn, device: torch.device, reps: int) -> float:
@@ -127,17 +139,30 @@ def time_calls(fn, device: torch.device, reps: int) -> float:
     return statistics.median(times)
 
 
+def _max_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return (ours.double() - reference.double()).abs().max().item()
+
+
 def _measure(config: dict, cases: dict, key: tuple, seq_len: int, device: torch.device, args) -> dict:
     """Status and timing columns of one candidate; ``cases`` keeps each (dtype, H, B)'s input and reference."""
     dtype, hidden, batch = key
     try:
         case = cases.get(key) or cases.setdefault(key, Case(getattr(torch, dtype), hidden, batch, seq_len, device))
         if args.compile_only:
-            run(config, case)
+            run_forward(config, case)
+            run_backward(config, case)
             return {"status": "compiled"}
-        ms = time_calls(lambda: run(config, case), device, args.reps)
-        diff = (run(config, case).double() - case.reference.double()).abs().max().item()
-        return {"status": "ok", "median_ms": ms, "us_per_step": ms * 1e3 / seq_len, "max_abs_diff_vs_step": diff}
+        forward_ms = time_calls(lambda: run_forward(config, case), device, args.reps)
+        backward_ms = time_calls(lambda: run_backward(config, case), device, args.reps)
+        return {
+            "status": "ok",
+            "forward_ms": forward_ms,
+            "forward_us_per_step": forward_ms * 1e3 / seq_len,
+            "forward_max_diff_vs_step": _max_diff(run_forward(config, case), case.reference),
+            "backward_ms": backward_ms,
+            "backward_us_per_step": backward_ms * 1e3 / seq_len,
+            "backward_max_diff_vs_step": _max_diff(run_backward(config, case), case.reference_d_x),
+        }
     except Exception as error:  # a tiling that does not compile or launch is a result too
         return {"status": "error", "error": " ".join(f"{type(error).__name__}: {error}".split())[:300]}
 

@@ -321,7 +321,8 @@ def test_inference_memory_is_linear_in_seq_len_and_keeps_no_objects_per_step(ker
     step = MEMORY_STEPS[1] - MEMORY_STEPS[0]
     per_step = 4 * MEMORY_BATCH * 2 * (4 * MEMORY_MODULE["hidden_size"] + MEMORY_MODULE["proj_size"])  # one layer
     assert (growing[1] - growing[0]) / step <= MEMORY_MODULE["num_layers"] * per_step
-    assert max(live_objects) - min(live_objects) < step, f"objects left after each call: {live_objects}"
+    # Fewer objects after a call is fine (a cache released something); what must not happen is growth with T.
+    assert max(live_objects) < step, f"objects left after each call: {live_objects}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,6 +413,17 @@ def _run_from_leaves(module, leaves, build, upstream_seed):
     return outputs, dict(zip(names, grads, strict=True))
 
 
+def _contiguous_hx(build):
+    """``build`` with contiguous copies of h0 and c0, for torch's LSTM: on CUDA, cuDNN rejects a non-contiguous hx
+    ("rnn: hx is not contiguous") where torch's CPU LSTM, and ours everywhere, accept it."""
+
+    def contiguous(*leaves):
+        inputs, hx = build(*leaves)
+        return inputs, tuple(t.contiguous() for t in hx) if hx is not None else None
+
+    return contiguous
+
+
 @pytest.mark.parametrize("case", list(_layout_cases()))
 @pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_odd_layouts_match_torch(kernel, case, device, triton_only):
@@ -419,7 +431,7 @@ def test_odd_layouts_match_torch(kernel, case, device, triton_only):
     reference, ours = _modules({**LAYOUT_MODULE, "batch_first": batch_first}, torch.float32, device, kernel)
     randn = _random(torch.Generator().manual_seed(6), device, torch.float32)
     leaves = [randn(*shape) for shape in shapes]
-    theirs_out, theirs_grads = _run_from_leaves(reference, leaves, build, upstream_seed=7)
+    theirs_out, theirs_grads = _run_from_leaves(reference, leaves, _contiguous_hx(build), upstream_seed=7)
     with triton_only() as launches:
         ours_out, ours_grads = _run_from_leaves(ours, leaves, build, upstream_seed=7)
     _assert_ran(launches, kernel)
@@ -435,7 +447,7 @@ def _change_in_place(step, reference, ours, generator, grads):
     if step == "no-grad-edit":
         with torch.no_grad():
             for theirs, mine in pairs:
-                delta = torch.randn(theirs.shape, generator=generator, dtype=theirs.dtype) * 0.3
+                delta = torch.randn(theirs.shape, generator=generator, dtype=theirs.dtype).to(theirs.device) * 0.3
                 theirs.add_(delta)
                 mine.add_(delta)
     elif step == "optimizer-step":
@@ -446,12 +458,12 @@ def _change_in_place(step, reference, ours, generator, grads):
             optimizer.step()
     elif step == "data-copy":
         for theirs, mine in pairs:
-            value = torch.randn(theirs.shape, generator=generator, dtype=theirs.dtype) * 0.5
+            value = torch.randn(theirs.shape, generator=generator, dtype=theirs.dtype).to(theirs.device) * 0.5
             theirs.data.copy_(value)
             mine.data.copy_(value)
     elif step == "load-state-dict":
         state = {
-            name: torch.randn(value.shape, generator=generator, dtype=value.dtype) * 0.5
+            name: torch.randn(value.shape, generator=generator, dtype=value.dtype).to(value.device) * 0.5
             for name, value in reference.state_dict().items()
         }
         reference.load_state_dict(state)

@@ -76,6 +76,13 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     )
 
 
+def _fixed_meta(config: dict) -> dict:
+    # One stage, as in every shipped config (tuning._persistent_space): Triton's default of 3 pipelines the
+    # reduction loop, which multiplies shared memory and, measured on an H200 with triton 3.6, gives wrong results
+    # for float32 with W_hh on chip.
+    return {"num_warps": config.get("num_warps", 4), "num_stages": 1}
+
+
 def _launch_options():
     return {} if tuning.INTERPRETED else {"launch_cooperative_grid": True}
 
@@ -84,7 +91,8 @@ def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save:
     """Same contract as ``launch.step_forward``, with one kernel launch for the whole sequence.
 
     ``config`` replaces the planned tiles and warps (tests): keys BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_N,
-    COL_TILES, PROGRAMS, BLOCK_K, HOIST_W, num_warps.
+    COL_TILES, PROGRAMS, BLOCK_K, HOIST_W, num_warps (the shipped configs' one pipeline stage is kept: see
+    ``_fixed_meta``).
     """
     seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
@@ -98,7 +106,7 @@ def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save:
     )
     sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
     kernel = tuning.persistent_forward_kernel if config is None else tuning.lstm_persistent_forward_kernel
-    meta = {} if config is None else {"num_warps": config.get("num_warps", 4)}
+    meta = {} if config is None else _fixed_meta(config)
     kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
         buffers.x_proj, buffers.bias if buffers.bias is not None else buffers.cs, w_hh.contiguous(),
         w_hr.contiguous() if w_hr is not None else w_hh, buffers.hs,
@@ -129,7 +137,7 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
         tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config)
         sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
         kernel = tuning.persistent_backward_kernel if config is None else tuning.lstm_persistent_backward_kernel
-        meta = {} if config is None else {"num_warps": config.get("num_warps", 4)}
+        meta = {} if config is None else _fixed_meta(config)
         kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
             saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs, d_gates,
             d_cs, d_h0, lengths if lengths is not None else sync, sync, seq_len, batch,
