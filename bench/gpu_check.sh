@@ -38,6 +38,7 @@ CONFORMANCE_WORKERS=${CONFORMANCE_WORKERS:-8}
 WARM_LIMIT=${WARM_LIMIT:-220}   # phase 1's compile runs stop here; phase 2 compiles whatever they did not reach
 WARM_JOBS=${WARM_JOBS:-6}
 TILE_JOBS=${TILE_JOBS:-3}
+AUTOTUNE_RUNS=${AUTOTUNE_RUNS:-2}
 SWEEP_BUDGET=${SWEEP_BUDGET:-140}  # the sweep starts no new measurement after this (what is left: "skipped" rows)
 SWEEP_LIMIT=${SWEEP_LIMIT:-180}    # hard stop; the CSV keeps every row written before it
 TILES_BUDGET=${TILES_BUDGET:-50}
@@ -94,7 +95,7 @@ for ((i = 0; i < TILE_JOBS; i++)); do
         python3 -m bench.persistent_tiles $TILE_ARGS --compile-only --shard "$i/$TILE_JOBS" &
 done
 (
-    for run in 1 2; do
+    for ((run = 1; run <= AUTOTUNE_RUNS; run++)); do
         echo "=== autotuned run $run" >>"$OUT/autotune.log"
         TRITON_LSTM_AUTOTUNE=1 TRITON_PRINT_AUTOTUNING=1 step "autotuned run $run" "$WARM_LIMIT" \
             "$OUT/autotune.log" python3 -m bench --batch 16 --hidden-size 256 --seq-len 64 --dtype fp16 --packed 0 \

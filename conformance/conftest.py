@@ -15,7 +15,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import pytest
 
-from conformance.helpers import TritonOnly
+from conformance.helpers import TritonOnly, exact_float32_torch
 
 
 def pytest_addoption(parser):
@@ -27,13 +27,10 @@ def pytest_addoption(parser):
 
 
 @pytest.fixture
-def device(monkeypatch) -> torch.device:
-    if torch.cuda.is_available():
-        # cuDNN runs torch.nn.LSTM's float32 matmuls in TF32 by default; the kernels compute exact float32, so the
-        # reference must too (a TF32 reference differs by ~1e-4 on an H200).
-        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-        return torch.device("cuda")
-    return torch.device("cpu")
+def device():
+    """CUDA when there is a GPU, else the CPU. The kernels compute exact float32, so torch's reference must too."""
+    with exact_float32_torch():
+        yield torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture

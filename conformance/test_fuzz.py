@@ -27,7 +27,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import triton_lstm
-from conformance.helpers import LOW_PRECISION, TritonOnly, assert_conforms, float64_twin, forward_and_grads
+from conformance.helpers import (
+    FLOAT64_REFERENCED,
+    TritonOnly,
+    assert_conforms,
+    exact_float32_torch,
+    float64_twin,
+    forward_and_grads,
+)
 from triton_lstm import functional
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -208,14 +215,14 @@ def test_fuzz_matches_torch(case: FuzzCase):
     reference, ours = _modules(case)
     x, hx, upstream = _inputs(case)
 
-    # On CUDA, cuDNN runs float32 in TF32 unless told otherwise, and refuses backward in eval mode; torch's native
-    # CUDA kernels compute the same function and allow it.
-    with torch.backends.cudnn.flags(enabled=DEVICE.type != "cuda" or case.training, allow_tf32=False):
+    # cuDNN refuses backward in eval mode; torch's native CUDA kernels compute the same function and allow it.
+    cudnn = DEVICE.type != "cuda" or case.training
+    with torch.backends.cudnn.flags(enabled=cudnn), exact_float32_torch():
         theirs = _run(reference, case, x, hx, upstream)
-    ref64 = None
-    if case.dtype in LOW_PRECISION:
-        hx64 = tuple(t.double() for t in hx) if hx is not None else None
-        ref64 = _run(float64_twin(reference), case, x.double(), hx64, upstream)
+        ref64 = None
+        if case.dtype in FLOAT64_REFERENCED:
+            hx64 = tuple(t.double() for t in hx) if hx is not None else None
+            ref64 = _run(float64_twin(reference), case, x.double(), hx64, upstream)
     with pytest.MonkeyPatch.context() as patch, TritonOnly(patch)() as launches:
         result = _run(ours, case, x, hx, upstream)
     assert launches.by_kernel[f"{case.kernel}_forward_kernel"] > 0

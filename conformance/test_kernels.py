@@ -201,8 +201,8 @@ def test_step_launches_one_kernel_per_step_and_layer(device, triton_only):
 
 
 def test_auto_kernel_choice(monkeypatch):
-    """kernel='auto': the step kernel under the interpreter; on a GPU the persistent kernel where its plan holds
-    W_hh on chip and its grid fits the device, else the step kernel. Named kernels are honoured or refused."""
+    """kernel='auto': the step kernel under the interpreter; on a GPU the persistent kernel where its grid fits the
+    device (float64 excepted), else the step kernel. Named kernels are honoured or refused."""
     from triton_lstm import functional, tuning
 
     cuda = torch.device("cuda")
@@ -211,8 +211,9 @@ def test_auto_kernel_choice(monkeypatch):
     fp16 = torch.float16
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 1, fp16)) == "persistent"
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 2, torch.float32)) == "persistent"
-    # W_hh streamed from L2 (H_out > 256): not yet timed faster than the step kernel.
-    assert functional.resolve_kernel("auto", cuda, (1024, 1024, 16, 1, fp16)) == "step"
+    # W_hh streamed from L2 (H_out > 256), and float64, which was not timed.
+    assert functional.resolve_kernel("auto", cuda, (1024, 1024, 16, 1, fp16)) == "persistent"
+    assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 1, torch.float64)) == "step"
     assert functional.resolve_kernel("persistent", cuda, (1024, 1024, 16, 1, fp16)) == "persistent"
     # More programs than the GPU holds at once: 32 batch tiles x 2 directions x at least 8 programs > 132.
     too_many = (1024, 1024, 1024, 2, fp16)

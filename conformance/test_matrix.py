@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import triton_lstm
-from conformance.helpers import LOW_PRECISION, assert_conforms, float64_twin
+from conformance.helpers import FLOAT64_REFERENCED, assert_conforms, float64_twin
 from conformance.matrix import Case, mode_cases, model_size_cases, shape_cases
 
 
@@ -67,7 +67,7 @@ def test_matches_torch(matrix_case: Case, device, triton_only):
 
     theirs_out, theirs_grads = _run(reference, x, hx, upstream)
     ref64_out = ref64_grads = {}
-    if case.dtype in LOW_PRECISION:
+    if case.dtype in FLOAT64_REFERENCED:
         hx64 = tuple(t.double() for t in hx) if hx is not None else None
         ref64_out, ref64_grads = _run(float64_twin(reference), x.double(), hx64, upstream)
     with triton_only() as launches:

@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence, pad_packed_sequence
 
 import triton_lstm
-from conformance.helpers import LOW_PRECISION, assert_conforms, float64_twin
+from conformance.helpers import FLOAT64_REFERENCED, assert_conforms, float64_twin
 from conformance.matrix import DTYPE_NAMES, DTYPES
 
 INPUT_SIZE, HIDDEN = 4, 6
@@ -107,7 +107,7 @@ def test_packed_matches_torch(case, device, triton_only):
     }
     theirs, their_grads = _run(reference, padded, case.lengths, case.enforce_sorted, hx, upstream)
     ref_values = ref_grads = {}
-    if case.dtype in LOW_PRECISION:
+    if case.dtype in FLOAT64_REFERENCED:
         hx64 = tuple(t.double() for t in hx) if hx else None
         ref_values, ref_grads = _run(float64_twin(reference), padded.double(), case.lengths, case.enforce_sorted,
                                      hx64, upstream)  # fmt: skip

@@ -31,7 +31,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import triton_lstm
 from conformance.helpers import (
-    LOW_PRECISION,
+    FLOAT64_REFERENCED,
     assert_conforms,
     assert_error_within,
     assert_nonfinite_conforms,
@@ -124,7 +124,7 @@ def test_nonfinite_values_propagate_like_torch(kernel, dtype, value, where, layo
     kwargs = {"lengths": torch.tensor(NONFINITE_LENGTHS), "enforce_sorted": False} if packed else {}
 
     theirs = forward_and_grads(reference, x, hx, upstream, **kwargs)
-    ref64 = _reference64(reference, x, hx, upstream, **kwargs) if dtype in LOW_PRECISION else None
+    ref64 = _reference64(reference, x, hx, upstream, **kwargs) if dtype in FLOAT64_REFERENCED else None
     with triton_only() as launches:
         result = forward_and_grads(ours, x, hx, upstream, **kwargs)
     _assert_ran(launches, kernel)
@@ -182,7 +182,7 @@ def test_large_magnitudes_saturate_like_torch(kernel, dtype, large, device, trit
     upstream = (randn(seq_len, batch, 2 * LARGE_MODULE["proj_size"]), randn(*hx[0].shape), randn(*hx[1].shape))
 
     theirs = forward_and_grads(reference, x, hx, upstream)
-    ref64 = _reference64(reference, x, hx, upstream) if dtype in LOW_PRECISION else None
+    ref64 = _reference64(reference, x, hx, upstream) if dtype in FLOAT64_REFERENCED else None
     with triton_only() as launches:
         result = forward_and_grads(ours, x, hx, upstream)
     _assert_ran(launches, kernel)
@@ -432,13 +432,16 @@ def test_odd_layouts_match_torch(kernel, case, device, triton_only):
     randn = _random(torch.Generator().manual_seed(6), device, torch.float32)
     leaves = [randn(*shape) for shape in shapes]
     theirs_out, theirs_grads = _run_from_leaves(reference, leaves, _contiguous_hx(build), upstream_seed=7)
+    ref64_out, ref64_grads = _run_from_leaves(
+        float64_twin(reference), [leaf.double() for leaf in leaves], _contiguous_hx(build), upstream_seed=7
+    )
     with triton_only() as launches:
         ours_out, ours_grads = _run_from_leaves(ours, leaves, build, upstream_seed=7)
     _assert_ran(launches, kernel)
     for name, value in ours_out.items():
-        assert_conforms(name, value, theirs_out[name])
+        assert_conforms(name, value, theirs_out[name], ref64_out[name])
     for name, value in ours_grads.items():
-        assert_conforms(f"grad {name}", value, theirs_grads[name])
+        assert_conforms(f"grad {name}", value, theirs_grads[name], ref64_grads[name])
 
 
 def _change_in_place(step, reference, ours, generator, grads):

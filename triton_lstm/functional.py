@@ -33,11 +33,11 @@ def resolve_kernel(kernel: str, device: torch.device, sizes: tuple | None = None
             raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")
         return "persistent"
     # auto. Under the interpreter the persistent kernel only tests its arithmetic (one program per group, no
-    # speed to gain), so the per-step kernel runs. On a GPU (measured on an H200, T = 512, bench/results/) the
-    # persistent kernel with W_hh held on chip (H_out <= 256) took 2.2 to 3.0 ms forward where the per-step kernel
-    # took 25 to 40 ms (its Python launch cost, about 50 us a step, dominates); the variant that streams W_hh
-    # from L2 for larger layers has not been timed yet, so those sizes keep the per-step kernel.
-    if tuning.INTERPRETED or isinstance(planned, str) or not planned.hoist_w:
+    # speed to gain), so the per-step kernel runs. On a GPU the persistent kernel wherever its grid fits: on an
+    # H200 (T = 512, B in {1, 16, 64}, H in {256, 768, 1024}, fp16 and fp32; bench/results/h200-issue4-*) it was
+    # faster than the per-step kernel in every configuration, forward and forward+backward, the per-step kernel's
+    # Python launch cost (50 to 150 us a step) dominating it. float64 was not timed: it keeps the per-step kernel.
+    if tuning.INTERPRETED or isinstance(planned, str) or sizes[4] == torch.float64:
         return "step"
     return "persistent"
 

@@ -13,15 +13,25 @@ import triton
 
 from triton_lstm import launch, tuning
 
-# W_hh stays on chip for the whole sequence (HOIST_W) only while the reduction over H_out is one chunk of at most
-# this many inputs: the ahead-of-time report (python -m triton_lstm.aot) shows the hoisted tiles spilling
-# registers at H_out = 1024 and fitting at 256. Larger layers stream W_hh from L2 in chunks of STREAM_K.
+# The tiles below were chosen from timings of every candidate on an H200 (python -m bench.persistent_tiles, B = 16,
+# H in {256, 1024}, fp16 and fp32, bench/results/): microseconds per step of the best and of the next tiling.
+# W_hh stays on chip for the whole sequence (HOIST_W) only in 16-bit types and while the reduction over H_out is one
+# chunk of at most this many inputs: fp16 at H = 256 took 5.5 us a step hoisted, 6.3 streamed; float32 took 39 us
+# hoisted, 24 streamed in chunks of 128 (its exact-fp32 products run on FMA units, where the large on-chip tile
+# costs more than the L2 reads it saves).
 _HOIST_MAX_K = 256
-STREAM_K = 64
-# Units per program on the GPU, in order of preference: tl.dot needs every dimension >= 16. The aot report finds
-# the hoisted tiles at H = 256 free of spills with 32 units in fp16/bf16 and 16 in fp32 (the other way round
-# spills); more units per program means fewer programs.
-_UNIT_BLOCKS = {2: (32, 16, 64, 128), 4: (16, 32, 64, 128), 8: (16, 32, 64, 128)}
+# Reduction chunk when W_hh is streamed from L2, by element size: fp16 at H = 1024 took 13.0 us a step with 256,
+# 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles of 64 units need
+# more shared memory than a block may have.
+STREAM_K = {2: 256, 4: 128, 8: 64}
+# The backward reduces over hidden units in chunks of at most this many (its tiles are chosen separately below).
+BACKWARD_K = 64
+# Units per program, in order of preference (tl.dot needs every dimension >= 16); more units per program means
+# fewer programs. Forward: fp16 32 (5.5 us at H = 256, 7.9 with 16; 13.0 at H = 1024, 13.6 with 16), float32 16
+# (24 us at H = 256, 42 with 32). Backward: 16 in every measured case (fp16 17.1 us vs 20.7 with 32 at H = 256,
+# 54 vs 69 at H = 1024; float32 17.2 vs 19.6 and 53.6 vs 67.5). float64 was not measured: the float32 choices.
+_FORWARD_UNIT_BLOCKS = {2: (32, 16, 64, 128), 4: (16, 32, 64, 128), 8: (16, 32, 64, 128)}
+_BACKWARD_UNIT_BLOCKS = (16, 32, 64, 128)
 
 
 @dataclass(frozen=True)
@@ -45,13 +55,16 @@ def _device_programs(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device) -> Plan | str:
-    """Tile sizes and grid for these sizes on ``device``, or a string saying why the persistent kernel cannot run."""
+def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device,
+         *, backward: bool = False) -> Plan | str:  # fmt: skip
+    """Tile sizes and grid for these sizes on ``device`` (of the backward kernel with ``backward``), or a string
+    saying why the persistent kernel cannot run."""
     capacity = None if tuning.INTERPRETED else _device_programs(device)
-    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity)
+    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity, backward=backward)
 
 
-def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, capacity) -> Plan | str:
+def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, capacity, *,
+             backward: bool = False) -> Plan | str:  # fmt: skip
     """``plan`` for a GPU that holds ``capacity`` programs at once; None means the interpreter."""
     if capacity is None:
         # One program per group looping over 64-wide tiles: the interpreter's cost is per block operation.
@@ -60,13 +73,16 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         unit_tiles = triton.cdiv(hidden, block_u)
         return Plan(16, block_u, unit_tiles, block_n, triton.cdiv(h_out, block_n), 1, triton.cdiv(batch, 16), 64,
                     unit_tiles == 1 and h_out <= 64)  # fmt: skip
-    hoist_w = h_out <= _HOIST_MAX_K and dtype != torch.float64
+    element_size = torch.finfo(dtype).bits // 8
+    hoist_w = not backward and element_size == 2 and h_out <= _HOIST_MAX_K
     # Batch tiles of up to 32 rows, and 16 with W_hh hoisted: at 32 the hoisted fp16 tiles spill (aot report), and
     # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256).
     block_b = 16 if hoist_w else min(32, max(16, triton.next_power_of_2(batch)))
     batch_tiles = triton.cdiv(batch, block_b)
-    block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else STREAM_K
-    for block_u in _UNIT_BLOCKS[torch.finfo(dtype).bits // 8]:
+    streamed_k = BACKWARD_K if backward else STREAM_K[element_size]
+    block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else streamed_k
+    unit_blocks = _BACKWARD_UNIT_BLOCKS if backward else _FORWARD_UNIT_BLOCKS[element_size]
+    for block_u in unit_blocks:
         programs = triton.cdiv(hidden, block_u)
         if batch_tiles * programs * num_directions <= capacity:
             return Plan(block_b, block_u, 1, block_u, 1, programs, batch_tiles, block_k, hoist_w)
@@ -100,7 +116,7 @@ def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save:
     buffers = launch.prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
     if batch == 0:
         return launch.finish_forward(buffers, lengths, x.dtype)
-    tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config)
+    tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config, backward=False)
     unprojected = (
         torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=x.device) if w_hr is not None else None
     )
@@ -134,7 +150,7 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
     d_cs[0] = grad_c_n
     d_h0 = torch.empty(num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
     if batch > 0:
-        tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config)
+        tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config, backward=True)
         sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
         kernel = tuning.persistent_backward_kernel if config is None else tuning.lstm_persistent_backward_kernel
         meta = {} if config is None else _fixed_meta(config)
@@ -142,7 +158,7 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
             saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs, d_gates,
             d_cs, d_h0, lengths if lengths is not None else sync, sync, seq_len, batch,
             HIDDEN=hidden, H_OUT=h_out, BLOCK_B=tiles.block_b, BLOCK_U=tiles.block_u, UNIT_TILES=tiles.unit_tiles,
-            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=min(tiles.block_k, STREAM_K),
+            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=min(tiles.block_k, BACKWARD_K),
             HAS_PROJ=w_hr is not None,
             HAS_LENGTHS=lengths is not None, **meta, **_launch_options(),
         )  # fmt: skip
@@ -150,12 +166,12 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
     return d_x, d_h0, d_cs[seq_len % 2], d_w_ih, d_w_hh, d_bias, d_w_hr
 
 
-def _tiles(hidden, h_out, batch, num_directions, dtype, device, config) -> Plan:
+def _tiles(hidden, h_out, batch, num_directions, dtype, device, config, *, backward: bool) -> Plan:
     if config is not None:
         return Plan(config["BLOCK_B"], config["BLOCK_U"], config["UNIT_TILES"], config["BLOCK_N"],
                     config["COL_TILES"], config["PROGRAMS"], triton.cdiv(batch, config["BLOCK_B"]),
                     config["BLOCK_K"], config["HOIST_W"])  # fmt: skip
-    planned = plan(hidden, h_out, batch, num_directions, dtype, device)
+    planned = plan(hidden, h_out, batch, num_directions, dtype, device, backward=backward)
     if isinstance(planned, str):
         raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")
     return planned
