@@ -52,13 +52,16 @@ class Machine:
 
 
 def git_commit() -> str:
-    """HEAD's hash, with ``-dirty`` when tracked files differ from it. Outside a git checkout (a copied tree on a
-    GPU machine), the BENCH_GIT_COMMIT environment variable, else ``unknown``."""
+    """The BENCH_GIT_COMMIT environment variable when set (a tree copied to a GPU machine may carry a stale .git:
+    measured, it reported an older commit there), else HEAD's hash with ``-dirty`` when tracked files differ from
+    it, else ``unknown`` outside a git checkout."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         commit = _git("rev-parse", "HEAD")
         dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("BENCH_GIT_COMMIT", "unknown")
+        return "unknown"
     return commit + ("-dirty" if dirty else "")
 
 

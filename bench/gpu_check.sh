@@ -4,8 +4,8 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# Needs a machine with a GPU where python3 has torch and triton (no network, nothing installed). Outside a git
-# checkout, set BENCH_GIT_COMMIT to the commit the tree was copied from: rows record it.
+# Needs a machine with a GPU where python3 has torch and triton (no network, nothing installed). On a copied tree,
+# set BENCH_GIT_COMMIT to the commit it was copied from: rows record it (a copy's own .git may be stale).
 #
 # Kernel compilation (single-threaded, seconds per kernel) dominates a fresh machine, so the check runs in two
 # phases. Phase 1, all at once: the conformance suite; the sweep run at T = 32 split over WARM_JOBS processes and

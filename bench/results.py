@@ -15,7 +15,7 @@ COLUMNS = {
     "triton_version": "triton.__version__",
     "python_version": "Python version",
     "cuda_version": "CUDA version torch was built with (empty on a CPU build)",
-    "git_commit": "HEAD of the checkout, -dirty when tracked files changed; outside git $BENCH_GIT_COMMIT or unknown",
+    "git_commit": "$BENCH_GIT_COMMIT when set, else HEAD of the checkout (-dirty if tracked files changed) or unknown",
     "env": "TRITON_* environment variables in effect, e.g. TRITON_LSTM_AUTOTUNE=0 (kernels not autotuned)",
     "note": "set on CPU rows: a pipeline check through the interpreter, not a performance figure",
     "config": "readable configuration id, e.g. B16-T512-H768-I768-L1-uni-fp16 (the join key of --compare)",

@@ -1,6 +1,7 @@
 """Tests of the benchmark code itself: the naive baseline, the FLOP/byte model, the presets, the CSV schema, and the
 sweep and report commands end to end on one tiny configuration."""
 
+import csv
 import dataclasses
 
 import pytest
@@ -161,3 +162,32 @@ def test_report_with_comparison(sweep_csv, tmp_path):
         assert "matplotlib is not installed" in text
     else:
         assert (tmp_path / report.FIGURE_NAME).stat().st_size > 0
+
+
+def test_sweep_shards_split_the_configurations(tmp_path):
+    parts = []
+    for shard in ("0/2", "1/2"):
+        path = tmp_path / f"shard{shard[0]}.csv"
+        sweep.main(["--preset", "cpu", "--max-configs", "3", "--providers", "torch", "--modes", "forward",
+                    "--shard", shard, "--out", str(path)])  # fmt: skip
+        parts.append([row["config"] for row in read_results(path)])
+    configs = [config.id for config in build_configs(PRESETS["cpu"], packed=True)[:3]]
+    assert parts == [configs[0::2], configs[1::2]]
+
+
+def test_persistent_tiles_times_and_checks_every_candidate(tmp_path, monkeypatch):
+    from bench import persistent_tiles
+
+    # Two candidates (on chip and streamed) keep the interpreter run short.
+    monkeypatch.setattr(persistent_tiles, "UNIT_BLOCKS", (16,))
+    monkeypatch.setattr(persistent_tiles, "STREAM_CHUNKS", (64,))
+    monkeypatch.setattr(persistent_tiles, "WARPS", (4,))
+    path = tmp_path / "tiles.csv"
+    args = ["--dtype", "fp32", "--hidden-size", "16", "--batch", "3", "--seq-len", "3", "--reps", "1"]
+    assert persistent_tiles.main([*args, "--out", str(path)]) == 0
+    rows = list(csv.DictReader(path.open()))
+    assert [(row["block_u"], row["block_k"]) for row in rows] == [("16", "16"), ("16", "64")]
+    assert all(row["status"] == "ok" for row in rows), [row["error"] for row in rows]
+    for row in rows:
+        assert float(row["forward_max_diff_vs_step"]) < 1e-6 and float(row["backward_max_diff_vs_step"]) < 1e-6
+    assert persistent_tiles.main([*args, "--compile-only", "--shard", "1/2"]) == 0

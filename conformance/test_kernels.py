@@ -227,3 +227,28 @@ def test_auto_kernel_choice(monkeypatch):
         functional.resolve_kernel("persistent", torch.device("cpu"), (6, 6, 2, 1, torch.float32))
     monkeypatch.setattr(tuning, "INTERPRETED", True)
     assert functional.resolve_kernel("auto", torch.device("cpu"), (6, 6, 2, 1, torch.float32)) == "step"
+
+
+def test_persistent_plan_follows_the_measured_tiles():
+    """launch_persistent.plan_for on a 132-program GPU (an H100/H200) gives the tiles that its comments justify with
+    H200 timings, covers every hidden unit, and says why when the grid cannot fit."""
+    plan_for = launch_persistent.plan_for
+    fp16, fp32 = torch.float16, torch.float32
+    cases = [
+        # (hidden, batch, directions, dtype, backward) -> (block_b, block_u, programs, block_k, hoist_w)
+        ((256, 16, 1, fp16, False), (16, 32, 8, 256, True)),
+        ((256, 16, 1, fp16, True), (16, 16, 16, 64, False)),
+        ((256, 16, 1, fp32, False), (16, 16, 16, 128, False)),
+        ((1024, 16, 1, fp16, False), (16, 32, 32, 256, False)),
+        ((1024, 16, 1, fp32, True), (16, 16, 64, 64, False)),
+        ((768, 64, 1, torch.bfloat16, False), (32, 32, 24, 256, False)),
+        # Two batch tiles and two directions: 16 units a program would need 256 programs; 32 need 128.
+        ((1024, 64, 2, fp16, True), (32, 32, 32, 64, False)),
+    ]
+    for (hidden, batch, directions, dtype, backward), expected in cases:
+        plan = plan_for(hidden, hidden, batch, directions, dtype, 132, backward=backward)
+        assert (plan.block_b, plan.block_u, plan.programs, plan.block_k, plan.hoist_w) == expected, plan
+        assert plan.programs * plan.block_u >= hidden and plan.batch_tiles * plan.block_b >= batch
+        assert plan.batch_tiles * plan.programs * directions <= 132
+    too_many = plan_for(1024, 1024, 1024, 2, fp16, 132)
+    assert isinstance(too_many, str) and "co-resident programs" in too_many

@@ -34,9 +34,10 @@ def resolve_kernel(kernel: str, device: torch.device, sizes: tuple | None = None
         return "persistent"
     # auto. Under the interpreter the persistent kernel only tests its arithmetic (one program per group, no
     # speed to gain), so the per-step kernel runs. On a GPU the persistent kernel wherever its grid fits: on an
-    # H200 (T = 512, B in {1, 16, 64}, H in {256, 768, 1024}, fp16 and fp32; bench/results/h200-issue4-*) it was
-    # faster than the per-step kernel in every configuration, forward and forward+backward, the per-step kernel's
-    # Python launch cost (50 to 150 us a step) dominating it. float64 was not timed: it keeps the per-step kernel.
+    # H200 (T = 512, B in {1, 16, 64}, H in {256, 768, 1024}, fp16 and fp32; bench/results/h200-issue4/) it was as
+    # fast (fp32, B = 64) or up to 30x faster than the per-step kernel in every configuration, forward and
+    # forward+backward, the per-step kernel's Python launch cost (50 to 150 us a step) dominating it. float64 was
+    # not timed: it keeps the per-step kernel.
     if tuning.INTERPRETED or isinstance(planned, str) or sizes[4] == torch.float64:
         return "step"
     return "persistent"
