@@ -3,25 +3,26 @@
     python -m triton_lstm.aot            # the representative subset CI runs (sm_80 and sm_90)
     python -m triton_lstm.aot --full     # every config of every shipped space, every dtype
 
-For each (kernel, config, dtype, arch) it compiles with Triton for that target, runs the ptxas that Triton itself
-uses with ``-v`` on the PTX for registers and spills, reads shared memory from the compile metadata, and prints
-one table row. It exits non-zero if any compiled config spills, uses more shared memory than one block may on
-that arch, or fails to compile.
+For each (kernel, config, dtype, arch) it compiles with Triton for that target as the runtime would (the same
+options, and the same argument specialization as contiguous tensors: pointers 16-byte aligned, strides multiples
+of 16), reads registers and spills from the ``ptxas -v`` log of Triton's own ptxas run (so with Triton's exact
+ptxas and flags, whatever its version) and shared memory from the compile metadata, and prints one table row. It
+exits non-zero if any compiled config spills, uses more shared memory than one block may on that arch, or fails
+to compile.
 """
 
 import argparse
+import contextlib
+import io
 import itertools
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
-from triton.backends.nvidia.compiler import get_ptxas
 
 from triton_lstm import tuning
 from triton_lstm.kernels.persistent_backward import lstm_persistent_backward_kernel
@@ -33,6 +34,7 @@ from triton_lstm.kernels.step_forward import lstm_step_forward_kernel
 SHARED_LIMITS = {80: 166_912, 90: 232_448}
 DTYPES = {"fp32": "fp32", "fp64": "fp64", "fp16": "fp16", "bf16": "bf16"}
 ARCHS = (80, 90)
+KERNELS = ("step_forward", "step_backward", "persistent_forward", "persistent_backward")
 
 
 @dataclass
@@ -56,9 +58,38 @@ def _accumulator(dtype: str) -> str:
     return "fp64" if dtype == "fp64" else "fp32"
 
 
-def _signature(kernel, pointers: dict, constexprs: dict) -> dict:
-    """Every argument typed: pointers by role, constexprs as such, every other (scalar) argument i32."""
-    return {name: "constexpr" if name in constexprs else pointers.get(name, "i32") for name in kernel.arg_names}
+# Triton's launcher specializes each argument on its value (``triton.runtime.jit``): a pointer 16-byte aligned, an
+# integer that is a multiple of 16 get ``tt.divisibility = 16`` (vectorized, aligned loads and stores); an integer
+# equal to 1 becomes a constant; ``do_not_specialize`` arguments get nothing. Compiling without these would report
+# the kernel that only misaligned tensors run, whose code and registers differ.
+_DIVISIBLE = [["tt.divisibility", 16]]
+
+# The batch the step kernels are compiled for (only their masks see it): not a multiple of 16; 16 passes as well.
+STEP_BATCH = 17
+
+
+def _specialize(kernel, pointers: dict, constexprs: dict, batch: int) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) as the launcher specializes the arguments of contiguous tensors: pointers
+    by role and 16-byte aligned, the batch by its value, every other integer a multiple of 16 (all of them are
+    strides, multiples of H, and every H reported is a multiple of 16)."""
+    signature, constexprs, attrs = {}, dict(constexprs), {}
+    for index, param in enumerate(kernel.params):
+        name = param.name
+        if name in constexprs:
+            signature[name] = "constexpr"
+            continue
+        value = batch if name == "batch" else 16
+        if name in pointers:
+            signature[name] = pointers[name]
+            attrs[(index,)] = _DIVISIBLE
+        elif value == 1 and not param.do_not_specialize:
+            signature[name] = "constexpr"
+            constexprs[name] = 1
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0 and not param.do_not_specialize:
+                attrs[(index,)] = _DIVISIBLE
+    return signature, constexprs, attrs
 
 
 def _step_forward(dtype, config):
@@ -68,7 +99,7 @@ def _step_forward(dtype, config):
     pointers["lengths_ptr"] = "*i32"
     constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE_GATES": True,
                   "UPCAST": False, **config}  # fmt: skip
-    return pointers, constexprs
+    return pointers, constexprs, STEP_BATCH
 
 
 def _step_backward(dtype, config):
@@ -76,52 +107,51 @@ def _step_backward(dtype, config):
     pointers = {name: f"*{acc}" for name in lstm_step_backward_kernel.arg_names if name.endswith("_ptr")}
     pointers.update({"w_hh_ptr": f"*{dtype}", "d_out_prev_ptr": f"*{acc}", "lengths_ptr": "*i32"})
     constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_D_OUT_PREV": True, "HAS_LENGTHS": True, **config}
-    return pointers, constexprs
+    return pointers, constexprs, STEP_BATCH
 
 
 def _persistent_forward(dtype, config):
     acc = _accumulator(dtype)
-    hidden = config.pop("HIDDEN")
-    config.update(_planned(hidden, dtype, config.pop("BATCH"), config.pop("DIRECTIONS")))
-    config.pop("BACKWARD_BLOCK_K")
+    hidden, batch = config.pop("HIDDEN"), config.pop("BATCH")
+    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), backward=False))
     pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "unprojected_ptr")}
     pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
     constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "HAS_BIAS": True, "HAS_PROJ": False, "HAS_LENGTHS": True,
                   "SAVE": True, "UPCAST": False, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
                   **config}  # fmt: skip
-    return pointers, constexprs
+    return pointers, constexprs, batch
 
 
 def _persistent_backward(dtype, config):
     acc = _accumulator(dtype)
-    hidden = config.pop("HIDDEN")
-    config.update(_planned(hidden, dtype, config.pop("BATCH"), config.pop("DIRECTIONS")))
-    config["BLOCK_K"] = config.pop("BACKWARD_BLOCK_K")
+    hidden, batch = config.pop("HIDDEN"), config.pop("BATCH")
+    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), backward=True))
     pointers = {name: f"*{acc}" for name in lstm_persistent_backward_kernel.arg_names if name.endswith("_ptr")}
     pointers.update({"w_hh_ptr": f"*{dtype}", "w_hr_ptr": f"*{dtype}", "lengths_ptr": "*i32", "sync_ptr": "*i32"})
     config.pop("HOIST_W")
     constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
                   "HAS_PROJ": False, "HAS_LENGTHS": True, **config}  # fmt: skip
-    return pointers, constexprs
+    return pointers, constexprs, batch
 
 
 # An H100/H200 holds one persistent program per SM: 132.
 _PLAN_CAPACITY = 132
 
 
-def _planned(hidden: int, dtype: str, batch: int, directions: int) -> dict:
-    """The tiles ``launch_persistent.plan`` picks for these sizes on a 132-SM GPU."""
+def _planned(hidden: int, dtype: str, batch: int, directions: int, *, backward: bool) -> dict:
+    """The tiles ``launch_persistent.plan`` picks for these sizes (and pass) on a 132-SM GPU."""
     import torch
 
     from triton_lstm import launch_persistent
 
     torch_dtype = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
-    plan = launch_persistent.plan_for(hidden, hidden, batch, directions, torch_dtype[dtype], _PLAN_CAPACITY)
+    plan = launch_persistent.plan_for(
+        hidden, hidden, batch, directions, torch_dtype[dtype], _PLAN_CAPACITY, backward=backward
+    )
     if isinstance(plan, str):
         raise ValueError(plan)
-    return {"BLOCK_B": plan.block_b, "BLOCK_U": plan.block_u, "BLOCK_K": plan.block_k, "HOIST_W": plan.hoist_w,
-            "BACKWARD_BLOCK_K": min(plan.block_k, launch_persistent.STREAM_K)}  # fmt: skip
+    return {"BLOCK_B": plan.block_b, "BLOCK_U": plan.block_u, "BLOCK_K": plan.block_k, "HOIST_W": plan.hoist_w}
 
 
 def _spaces(full: bool):
@@ -159,43 +189,49 @@ def _spaces(full: bool):
     ]
 
 
-def _ptxas_resources(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes) of the compiled kernel, from ``ptxas -v`` run as Triton runs it."""
-    ptxas = get_ptxas(arch).path
-    version = subprocess.run([ptxas, "--version"], capture_output=True, text=True, check=True).stdout
-    # Triton passes this to ptxas 13.x to avoid a register-allocation bug that otherwise spills at 32 registers.
-    workaround = ["--regAllocOptLevel=2"] if "release 13" in version else []
-    with tempfile.TemporaryDirectory() as folder:
-        source = Path(folder) / "kernel.ptx"
-        source.write_text(ptx)
-        result = subprocess.run(
-            [ptxas, "-v", *workaround, f"--gpu-name=sm_{arch}a" if arch == 90 else f"--gpu-name=sm_{arch}",
-             str(source), "-o", str(Path(folder) / "kernel.cubin")],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    log = result.stderr + result.stdout
-    registers = int(re.search(r"Used (\d+) registers", log).group(1))
+def _ptxas_resources(log: str) -> tuple[int, int]:
+    """(registers, spill bytes) from the ``ptxas -v`` log that Triton printed while compiling."""
+    registers = re.findall(r"Used (\d+) registers", log)
+    if len(registers) != 1:
+        raise RuntimeError(f"expected one ptxas resource line, found {len(registers)}")
     spills = [int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)]
-    return registers, max(spills, default=0)
+    return int(registers[0]), max(spills, default=0)
+
+
+def _compile(kernel, signature, constexprs, attrs, arch, options):
+    """Compile with Triton and return (compiled kernel, Triton's ptxas log). The log is Triton's own ptxas run,
+    so it holds what that Triton version passes (``-lineinfo``, ``--regAllocOptLevel``, the ptxas binary it picks
+    per arch); a cache hit would run no ptxas, so the cache is bypassed."""
+    log = io.StringIO()
+    with knobs.compilation.scope(), knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+        knobs.compilation.always_compile = True
+        knobs.nvidia.dump_ptxas_log = True
+        compiled = triton.compile(
+            triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
+            target=GPUTarget("cuda", arch, 32),
+            options=options,
+        )
+    return compiled, log.getvalue()
 
 
 def compile_row(name, kernel, describe, meta, num_warps, num_stages, dtype, arch) -> Row | None:
     """Compile one (kernel, config, dtype, arch); None for a config the runtime never ships for that dtype."""
     label = ",".join(f"{k}={v}" for k, v in meta.items()) + f",warps={num_warps},stages={num_stages}"
     row = Row(name, label, dtype, arch)
-    if name.startswith("step") and not tuning.fits(triton.Config(meta), int(dtype[2:])):
+    shipped = triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
+    if name.startswith("step") and not tuning.fits(shipped, int(dtype[2:])):
         return None
-    pointers, constexprs = describe(dtype, dict(meta))
+    pointers, constexprs, batch = describe(dtype, dict(meta))
+    signature, constexprs, attrs = _specialize(kernel, pointers, constexprs, batch)
+    # The launcher's options; the persistent kernels launch cooperatively (a launch option, no code change).
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if name.startswith("persistent"):
+        options["launch_cooperative_grid"] = True
     start = time.perf_counter()
     try:
-        compiled = triton.compile(
-            triton.compiler.ASTSource(fn=kernel, signature=_signature(kernel, pointers, constexprs),
-                                      constexprs=constexprs),
-            target=GPUTarget("cuda", arch, 32),
-            options={"num_warps": num_warps, "num_stages": num_stages},
-        )  # fmt: skip
+        compiled, log = _compile(kernel, signature, constexprs, attrs, arch, options)
         row.shared = compiled.metadata.shared
-        row.registers, row.spill_bytes = _ptxas_resources(compiled.asm["ptx"], arch)
+        row.registers, row.spill_bytes = _ptxas_resources(log)
     except Exception as error:  # every failure, of any kind, becomes a failing row of the report
         row.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:120]
     row.seconds = time.perf_counter() - start
@@ -207,6 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="every config and dtype (slow: many minutes)")
     parser.add_argument("--arch", type=int, action="append", choices=ARCHS, help="restrict to an arch (repeat)")
     parser.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="restrict to a dtype (repeat)")
+    parser.add_argument("--kernel", action="append", choices=KERNELS, help="restrict to a kernel (repeat)")
     args = parser.parse_args(argv)
     archs = args.arch or ARCHS
     dtypes = args.dtype or list(DTYPES)
@@ -218,6 +255,8 @@ def main(argv=None) -> int:
     print("-" * len(header))
     failures = 0
     for name, kernel, describe, configs in _spaces(args.full):
+        if args.kernel and name not in args.kernel:
+            continue
         for (meta, warps, stages), dtype, arch in itertools.product(configs, dtypes, archs):
             row = compile_row(name, kernel, describe, meta, warps, stages, dtype, arch)
             if row is None:

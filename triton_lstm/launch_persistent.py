@@ -76,8 +76,9 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     element_size = torch.finfo(dtype).bits // 8
     hoist_w = not backward and element_size == 2 and h_out <= _HOIST_MAX_K
     # Batch tiles of up to 32 rows, and 16 with W_hh hoisted: at 32 the hoisted fp16 tiles spill (aot report), and
-    # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256).
-    block_b = 16 if hoist_w else min(32, max(16, triton.next_power_of_2(batch)))
+    # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256). The backward
+    # keeps 16: at 32 its tiles spill a few bytes on sm_80 (aot report, H = 256, every dtype but bf16).
+    block_b = 16 if hoist_w or backward else min(32, max(16, triton.next_power_of_2(batch)))
     batch_tiles = triton.cdiv(batch, block_b)
     streamed_k = BACKWARD_K if backward else STREAM_K[element_size]
     block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else streamed_k

@@ -94,15 +94,22 @@ def persistent_forward_configs() -> list[triton.Config]:
 
 
 def persistent_backward_configs() -> list[triton.Config]:
-    """4 warps: with 8 the streamed fp32 tiles spill at H = 1024 (aot report)."""
+    """4 warps: 5 to 8% faster than 8 for the planned tiles on an H200 (bench/results/h200-issue4/run2-tiles.csv,
+    B = 16). Neither spills at B = 16; at B = 32 (H = 256) 4 warps spill 4 to 20 bytes (aot report --full)."""
     return _persistent_space(4)
 
 
 def fits(config: triton.Config, dtype_bits: int) -> bool:
-    """Whether a step-kernel config compiles without spills for this element size: float64 tiles are twice as
-    large, and past 16 x 32 they spill on sm_90 (aot report)."""
+    """Whether a step-kernel config compiles without spills for this element size (aot report, sm_80 and sm_90,
+    Triton 3.6 and 3.9): float64 tiles are twice as large, and past 16 x 32 they spill on sm_90. The float32
+    forward (exact products on FMA units) with 64-wide reduction chunks needs 8 warps and at most 4 outputs per
+    thread: Triton 3.9 (no SLP vectorizer on sm_80) spills 476 bytes at 255 registers on sm_80 with 8 outputs a
+    thread (16 x 64 with 4 warps, 32 x 64 with 8), and 24 bytes at 80 registers on sm_90 with 16 x 32 and 4 warps."""
     blocks = config.kwargs
-    return dtype_bits < 64 or blocks["BLOCK_B"] * max(blocks.get("BLOCK_H", 0), blocks.get("BLOCK_N", 0)) <= 16 * 32
+    tile = blocks["BLOCK_B"] * max(blocks.get("BLOCK_H", 0), blocks.get("BLOCK_N", 0))
+    if dtype_bits == 32 and blocks.get("BLOCK_K", 0) >= 64:
+        return config.num_warps >= 8 and tile <= 4 * 32 * config.num_warps
+    return dtype_bits < 64 or tile <= 16 * 32
 
 
 def _prune(configs, named_args, **kwargs):

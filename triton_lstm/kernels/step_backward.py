@@ -76,6 +76,10 @@ def lstm_step_backward_kernel(
     if HAS_LENGTHS:
         active = (step < tl.load(lengths_ptr + o_b, mask=m_b, other=0))[:, None]
     p_w = w_hh_ptr + i_d.to(tl.int64) * (4 * HIDDEN * H_OUT) + o_n[None, :]
+    # The programs of the first column tile store the gate gradients and dc_{t-1}: a mask rather than an `if` in
+    # the loop, whose branch leaves the dot operands live across it and makes ptxas spill on sm_80 (aot report).
+    # (`i_n + 0 * o_b`: Triton 3.9's interpreter rejects a mask combined with a scalar condition.)
+    m_b_first = m_b & ((i_n + 0 * o_b) == 0)
 
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
     for u0 in range(0, HIDDEN, BLOCK_U):
@@ -106,14 +110,14 @@ def lstm_step_backward_kernel(
             da_g = tl.where(active, da_g, 0.0)
             da_o = tl.where(active, da_o, 0.0)
 
-        if i_n == 0:
-            p_dg = d_gates_ptr + i_d * stride_dg_d + o_b64[:, None] * stride_dg_b + o_u[None, :]
-            tl.store(p_dg, da_i, mask=m_bu)
-            tl.store(p_dg + HIDDEN, da_f, mask=m_bu)
-            tl.store(p_dg + 2 * HIDDEN, da_g, mask=m_bu)
-            tl.store(p_dg + 3 * HIDDEN, da_o, mask=m_bu)
-            p_dcp = d_c_prev_ptr + i_d * stride_dcp_d + o_b64[:, None] * stride_dcp_b + o_u[None, :]
-            tl.store(p_dcp, d_c * gate_f, mask=m_bu)
+        m_first = m_b_first[:, None] & m_u[None, :]
+        p_dg = d_gates_ptr + i_d * stride_dg_d + o_b64[:, None] * stride_dg_b + o_u[None, :]
+        tl.store(p_dg, da_i, mask=m_first)
+        tl.store(p_dg + HIDDEN, da_f, mask=m_first)
+        tl.store(p_dg + 2 * HIDDEN, da_g, mask=m_first)
+        tl.store(p_dg + 3 * HIDDEN, da_o, mask=m_first)
+        p_dcp = d_c_prev_ptr + i_d * stride_dcp_d + o_b64[:, None] * stride_dcp_b + o_u[None, :]
+        tl.store(p_dcp, d_c * gate_f, mask=m_first)
 
         # W_hh tile of gate q: element (u, n) is W_hh[d, q * H + u, n]; the upcast keeps the products in the
         # accumulator's precision (gate gradients are never rounded to fp16/bf16).
