@@ -3,8 +3,8 @@
 The launcher's plan (``triton_lstm.launch_persistent.plan``) picks one tiling per size from ahead-of-time resource
 reports; this measures the alternatives on a GPU, so that the plan's choices rest on timings. For every case
 (dtype, H, B) and every candidate tiling it writes one CSV row: the tiles, whether W_hh is held on chip
-(hoist_w), the grid, and for the forward and the backward kernel (the backward streams W_hh and caps its chunk at
-``launch_persistent.STREAM_K``) the median time per call and per step and the largest difference from the
+(hoist_w), the grid, and for the forward and the backward kernel (the backward streams W_hh in its own chunks,
+``launch_persistent.backward_chunk``) the median time per call and per step and the largest difference from the
 per-step kernel's result on the same input (the output; the input gradient).
 
 ``--compile-only`` runs each candidate once on a short sequence (filling Triton's on-disk cache, no timing);
@@ -87,6 +87,8 @@ class Case:
 
         generator = torch.Generator().manual_seed(0)
         scale = hidden**-0.5
+        major, minor = torch.cuda.get_device_capability(device) if device.type == "cuda" else (9, 0)
+        self.arch = 10 * major + minor
 
         def rand(*shape, factor=1.0):
             return (torch.rand(*shape, generator=generator) * 2 - 1).mul(factor).to(device=device, dtype=dtype)
@@ -116,6 +118,8 @@ def run_backward(config: dict, case: Case) -> torch.Tensor:
     """The input gradient of the persistent backward with this tiling (from the per-step forward's saved state)."""
     from triton_lstm import launch_persistent, tuning
 
+    # The backward reduces in its own chunks, whatever the forward's (launch_persistent.backward_chunk).
+    config = {**config, "BLOCK_K": launch_persistent.backward_chunk(case.arch)}
     with tuning.serialized():
         return launch_persistent.persistent_backward(*case.upstream, *case.backward_args, case.saved, config=config)[0]
 

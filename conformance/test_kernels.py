@@ -207,7 +207,7 @@ def test_auto_kernel_choice(monkeypatch):
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(tuning, "INTERPRETED", False)
-    monkeypatch.setattr(launch_persistent, "_device_programs", lambda device: 132)
+    monkeypatch.setattr(launch_persistent, "_device_facts", lambda device: (132, 90))
     fp16 = torch.float16
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 1, fp16)) == "persistent"
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 2, torch.float32)) == "persistent"
@@ -253,3 +253,6 @@ def test_persistent_plan_follows_the_measured_tiles():
         assert plan.batch_tiles * plan.programs * directions <= 132
     too_many = plan_for(1024, 1024, 1024, 2, fp16, 132)
     assert isinstance(too_many, str) and "co-resident programs" in too_many
+    # Below sm_90 the backward reduces in chunks of 16 (aot report: no sm_80 spills on triton 3.6 and 3.9).
+    assert plan_for(256, 256, 16, 1, fp16, 108, backward=True, arch=80).block_k == 16
+    assert plan_for(256, 256, 16, 1, fp16, 108, arch=80).block_k == 256

@@ -92,7 +92,7 @@ def _specialize(kernel, pointers: dict, constexprs: dict, batch: int) -> tuple[d
     return signature, constexprs, attrs
 
 
-def _step_forward(dtype, config):
+def _step_forward(dtype, config, arch):
     acc = _accumulator(dtype)
     pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "h_prev_ptr", "w_hh_ptr", "h_out_ptr")}
     pointers.update({name: f"*{acc}" for name in ("bias_ptr", "c_prev_ptr", "c_out_ptr", "gates_out_ptr")})
@@ -102,7 +102,7 @@ def _step_forward(dtype, config):
     return pointers, constexprs, STEP_BATCH
 
 
-def _step_backward(dtype, config):
+def _step_backward(dtype, config, arch):
     acc = _accumulator(dtype)
     pointers = {name: f"*{acc}" for name in lstm_step_backward_kernel.arg_names if name.endswith("_ptr")}
     pointers.update({"w_hh_ptr": f"*{dtype}", "d_out_prev_ptr": f"*{acc}", "lengths_ptr": "*i32"})
@@ -110,10 +110,10 @@ def _step_backward(dtype, config):
     return pointers, constexprs, STEP_BATCH
 
 
-def _persistent_forward(dtype, config):
+def _persistent_forward(dtype, config, arch):
     acc = _accumulator(dtype)
     hidden, batch = config.pop("HIDDEN"), config.pop("BATCH")
-    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), backward=False))
+    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), arch, backward=False))
     pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "unprojected_ptr")}
     pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
@@ -123,10 +123,10 @@ def _persistent_forward(dtype, config):
     return pointers, constexprs, batch
 
 
-def _persistent_backward(dtype, config):
+def _persistent_backward(dtype, config, arch):
     acc = _accumulator(dtype)
     hidden, batch = config.pop("HIDDEN"), config.pop("BATCH")
-    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), backward=True))
+    config.update(_planned(hidden, dtype, batch, config.pop("DIRECTIONS"), arch, backward=True))
     pointers = {name: f"*{acc}" for name in lstm_persistent_backward_kernel.arg_names if name.endswith("_ptr")}
     pointers.update({"w_hh_ptr": f"*{dtype}", "w_hr_ptr": f"*{dtype}", "lengths_ptr": "*i32", "sync_ptr": "*i32"})
     config.pop("HOIST_W")
@@ -135,19 +135,26 @@ def _persistent_backward(dtype, config):
     return pointers, constexprs, batch
 
 
-# An H100/H200 holds one persistent program per SM: 132.
-_PLAN_CAPACITY = 132
+# One persistent program per SM: an A100 holds 108, an H100/H200 132.
+_PLAN_CAPACITY = {80: 108, 90: 132}
 
 
-def _planned(hidden: int, dtype: str, batch: int, directions: int, *, backward: bool) -> dict:
-    """The tiles ``launch_persistent.plan`` picks for these sizes (and pass) on a 132-SM GPU."""
+def _planned(hidden: int, dtype: str, batch: int, directions: int, arch: int, *, backward: bool) -> dict:
+    """The tiles ``launch_persistent.plan`` picks for these sizes (and pass) on an A100 (sm_80) or H100 (sm_90)."""
     import torch
 
     from triton_lstm import launch_persistent
 
     torch_dtype = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
     plan = launch_persistent.plan_for(
-        hidden, hidden, batch, directions, torch_dtype[dtype], _PLAN_CAPACITY, backward=backward
+        hidden,
+        hidden,
+        batch,
+        directions,
+        torch_dtype[dtype],
+        _PLAN_CAPACITY[arch],
+        backward=backward,
+        arch=arch,
     )
     if isinstance(plan, str):
         raise ValueError(plan)
@@ -221,7 +228,7 @@ def compile_row(name, kernel, describe, meta, num_warps, num_stages, dtype, arch
     shipped = triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
     if name.startswith("step") and not tuning.fits(shipped, int(dtype[2:])):
         return None
-    pointers, constexprs, batch = describe(dtype, dict(meta))
+    pointers, constexprs, batch = describe(dtype, dict(meta), arch)
     signature, constexprs, attrs = _specialize(kernel, pointers, constexprs, batch)
     # The launcher's options; the persistent kernels launch cooperatively (a launch option, no code change).
     options = {"num_warps": num_warps, "num_stages": num_stages}

@@ -24,8 +24,16 @@ _HOIST_MAX_K = 256
 # 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles of 64 units need
 # more shared memory than a block may have.
 STREAM_K = {2: 256, 4: 128, 8: 64}
-# The backward reduces over hidden units in chunks of at most this many (its tiles are chosen separately below).
-BACKWARD_K = 64
+
+
+# The backward reduces over hidden units in chunks of this many (its tiles are chosen separately below), by GPU
+# generation: 64 on sm_90 (the chunk timed on an H200); 16 below: on sm_80, where Triton 3.9 turns LLVM's SLP
+# vectorizer off, ptxas spills 8 bytes at H = 768, B = 1 in fp16 with chunks of 64 and 20 bytes in bf16 with 32
+# (aot report); 16 compiles without spills on triton 3.6 and 3.9 for every dtype, but has not been timed.
+def backward_chunk(arch: int) -> int:
+    return 64 if arch >= 90 else 16
+
+
 # Units per program, in order of preference (tl.dot needs every dimension >= 16); more units per program means
 # fewer programs. Forward: fp16 32 (5.5 us at H = 256, 7.9 with 16; 13.0 at H = 1024, 13.6 with 16), float32 16
 # (24 us at H = 256, 42 with 32). Backward: 16 in every measured case (fp16 17.1 us vs 20.7 with 32 at H = 256,
@@ -49,23 +57,30 @@ class Plan:
     hoist_w: bool
 
 
-def _device_programs(device: torch.device) -> int:
-    # One program per SM: a conservative co-residency bound that holds whatever the registers and shared memory
-    # of the chosen config; the cooperative launch checks it again.
-    return torch.cuda.get_device_properties(device).multi_processor_count
+def _device_facts(device: torch.device) -> tuple[int, int]:
+    """(programs the GPU holds at once, compute capability as 10 * major + minor).
+
+    One program per SM: a conservative co-residency bound that holds whatever the registers and shared memory of
+    the chosen config; the cooperative launch checks it again.
+    """
+    properties = torch.cuda.get_device_properties(device)
+    return properties.multi_processor_count, 10 * properties.major + properties.minor
 
 
 def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device,
          *, backward: bool = False) -> Plan | str:  # fmt: skip
     """Tile sizes and grid for these sizes on ``device`` (of the backward kernel with ``backward``), or a string
     saying why the persistent kernel cannot run."""
-    capacity = None if tuning.INTERPRETED else _device_programs(device)
-    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity, backward=backward)
+    if tuning.INTERPRETED:
+        return plan_for(hidden, h_out, batch, num_directions, dtype, None, backward=backward)
+    capacity, arch = _device_facts(device)
+    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity, backward=backward, arch=arch)
 
 
 def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, capacity, *,
-             backward: bool = False) -> Plan | str:  # fmt: skip
-    """``plan`` for a GPU that holds ``capacity`` programs at once; None means the interpreter."""
+             backward: bool = False, arch: int = 90) -> Plan | str:  # fmt: skip
+    """``plan`` for a GPU of compute capability ``arch`` (e.g. 80, 90) that holds ``capacity`` programs at once;
+    ``capacity`` None means the interpreter."""
     if capacity is None:
         # One program per group looping over 64-wide tiles: the interpreter's cost is per block operation.
         block_u = min(64, triton.next_power_of_2(hidden))
@@ -80,7 +95,7 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     # keeps 16: at 32 its tiles spill a few bytes on sm_80 (aot report, H = 256, every dtype but bf16).
     block_b = 16 if hoist_w or backward else min(32, max(16, triton.next_power_of_2(batch)))
     batch_tiles = triton.cdiv(batch, block_b)
-    streamed_k = BACKWARD_K if backward else STREAM_K[element_size]
+    streamed_k = backward_chunk(arch) if backward else STREAM_K[element_size]
     block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else streamed_k
     unit_blocks = _BACKWARD_UNIT_BLOCKS if backward else _FORWARD_UNIT_BLOCKS[element_size]
     for block_u in unit_blocks:
@@ -159,7 +174,7 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
             saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs, d_gates,
             d_cs, d_h0, lengths if lengths is not None else sync, sync, seq_len, batch,
             HIDDEN=hidden, H_OUT=h_out, BLOCK_B=tiles.block_b, BLOCK_U=tiles.block_u, UNIT_TILES=tiles.unit_tiles,
-            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=min(tiles.block_k, BACKWARD_K),
+            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
             HAS_PROJ=w_hr is not None,
             HAS_LENGTHS=lengths is not None, **meta, **_launch_options(),
         )  # fmt: skip
