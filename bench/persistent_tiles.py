@@ -60,9 +60,9 @@ def candidates(hidden: int, batch: int, capacity: int | None):
     """Tilings to try, as the ``config`` dicts of ``persistent_forward``; ``capacity`` None is the interpreter."""
     import triton
 
-    from triton_lstm.launch_persistent import _HOIST_MAX_K
+    from triton_lstm.launch_persistent import HOIST_MAX_K
 
-    layouts = [(block_u, hidden, True) for block_u in UNIT_BLOCKS] if hidden <= _HOIST_MAX_K else []
+    layouts = [(block_u, hidden, True) for block_u in UNIT_BLOCKS] if hidden <= HOIST_MAX_K else []
     layouts += [(block_u, block_k, False) for block_u, block_k in itertools.product(UNIT_BLOCKS, STREAM_CHUNKS)]
     for (block_u, block_k, hoist), warps in itertools.product(layouts, WARPS):
         block_b = 16 if hoist else min(32, max(16, triton.next_power_of_2(batch)))

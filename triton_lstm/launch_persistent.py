@@ -19,7 +19,7 @@ from triton_lstm import launch, tuning
 # chunk of at most this many inputs: fp16 at H = 256 took 5.5 us a step hoisted, 6.3 streamed; float32 took 39 us
 # hoisted, 24 streamed in chunks of 128 (its exact-fp32 products run on FMA units, where the large on-chip tile
 # costs more than the L2 reads it saves).
-_HOIST_MAX_K = 256
+HOIST_MAX_K = 256
 # Reduction chunk when W_hh is streamed from L2, by element size: fp16 at H = 1024 took 13.0 us a step with 256,
 # 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles of 64 units need
 # more shared memory than a block may have.
@@ -89,7 +89,7 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         return Plan(16, block_u, unit_tiles, block_n, triton.cdiv(h_out, block_n), 1, triton.cdiv(batch, 16), 64,
                     unit_tiles == 1 and h_out <= 64)  # fmt: skip
     element_size = torch.finfo(dtype).bits // 8
-    hoist_w = not backward and element_size == 2 and h_out <= _HOIST_MAX_K
+    hoist_w = not backward and element_size == 2 and h_out <= HOIST_MAX_K
     # Batch tiles of up to 32 rows, and 16 with W_hh hoisted: at 32 the hoisted fp16 tiles spill (aot report), and
     # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256). The backward
     # keeps 16: at 32 its tiles spill a few bytes on sm_80 (aot report, H = 256, every dtype but bf16).

@@ -50,6 +50,13 @@ def dot_acc(a, b, acc, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def zero_unless(active, a, b, c, d):
+    """(a, b, c, d) where ``active``, else 0: the four gates (or their gradients) of rows past their length. A mask,
+    not a product, so that an infinite value there (an infinite c0) cannot turn into NaN."""
+    return tl.where(active, a, 0.0), tl.where(active, b, 0.0), tl.where(active, c, 0.0), tl.where(active, d, 0.0)
+
+
+@triton.jit
 def cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev):
     """One LSTM cell from the four gate pre-activations: (i, f, g, o after activation, c, h)."""
     gate_i = sigmoid(acc_i)

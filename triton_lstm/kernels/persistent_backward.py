@@ -12,7 +12,7 @@ The weight gradients are left to GEMMs over all steps afterwards, from the store
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import cell_backward, dot_acc
+from triton_lstm.kernels.math import cell_backward, dot_acc, zero_unless
 from triton_lstm.kernels.sync import group_barrier
 
 
@@ -103,12 +103,7 @@ def lstm_persistent_backward_kernel(
             d_c = tl.load(p_dc + dc_in * c_slot + o_u[None, :], mask=m_bu, other=0.0)
             da_i, da_f, da_g, da_o, d_c = cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev)
             if HAS_LENGTHS:
-                # Masked, not multiplied by the zero gates saved there: an infinite saved cell state (from an
-                # infinite c0) would turn 0 * inf into NaN.
-                da_i = tl.where(active, da_i, 0.0)
-                da_f = tl.where(active, da_f, 0.0)
-                da_g = tl.where(active, da_g, 0.0)
-                da_o = tl.where(active, da_o, 0.0)
+                da_i, da_f, da_g, da_o = zero_unless(active, da_i, da_f, da_g, da_o)
             p_dgu = p_dg + step * g_slot + o_u[None, :]
             tl.store(p_dgu, da_i, mask=m_bu)
             tl.store(p_dgu + HIDDEN, da_f, mask=m_bu)

@@ -16,7 +16,7 @@ hs and cs slot 0 hold h0 and c0, slot s + 1 the state after step s.
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import cell_forward, dot_acc
+from triton_lstm.kernels.math import cell_forward, dot_acc, zero_unless
 from triton_lstm.kernels.sync import group_barrier
 
 
@@ -150,10 +150,7 @@ def lstm_persistent_forward_kernel(
             if HAS_LENGTHS:
                 # A finished row keeps its cell state and saves zero gates (see the step kernel).
                 c = tl.where(active, c, c_prev)
-                gate_i = tl.where(active, gate_i, 0.0)
-                gate_f = tl.where(active, gate_f, 0.0)
-                gate_g = tl.where(active, gate_g, 0.0)
-                gate_o = tl.where(active, gate_o, 0.0)
+                gate_i, gate_f, gate_g, gate_o = zero_unless(active, gate_i, gate_f, gate_g, gate_o)
             tl.store(p_cs + c_out * cs_slot + o_u[None, :], c, mask=m_bu)
             if SAVE:
                 p_g = p_gates + step * gates_slot + o_u[None, :]

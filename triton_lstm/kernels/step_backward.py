@@ -19,7 +19,7 @@ unchanged, mirroring the forward kernel, which kept its cell state there.
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import cell_backward, dot_acc
+from triton_lstm.kernels.math import cell_backward, dot_acc, zero_unless
 
 
 @triton.jit(do_not_specialize=["step"])
@@ -103,12 +103,8 @@ def lstm_step_backward_kernel(
 
         da_i, da_f, da_g, da_o, d_c = cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev)
         if HAS_LENGTHS:
-            # Zero past a row's length. The saved gates there are zero too, but masking, not multiplying by them,
-            # keeps an infinite saved cell state (from an infinite c0) from turning 0 * inf into NaN.
-            da_i = tl.where(active, da_i, 0.0)
-            da_f = tl.where(active, da_f, 0.0)
-            da_g = tl.where(active, da_g, 0.0)
-            da_o = tl.where(active, da_o, 0.0)
+            # Zero past a row's length (the saved gates there are zero too; see zero_unless for why not multiply).
+            da_i, da_f, da_g, da_o = zero_unless(active, da_i, da_f, da_g, da_o)
 
         m_first = m_b_first[:, None] & m_u[None, :]
         p_dg = d_gates_ptr + i_d * stride_dg_d + o_b64[:, None] * stride_dg_b + o_u[None, :]

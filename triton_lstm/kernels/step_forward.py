@@ -15,7 +15,7 @@ final c, and stores zero gates, so that nothing computed from the saved steps of
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import cell_forward, dot_acc
+from triton_lstm.kernels.math import cell_forward, dot_acc, zero_unless
 
 
 @triton.jit(do_not_specialize=["step", "seq_len"])
@@ -108,10 +108,7 @@ def lstm_step_forward_kernel(
     gate_i, gate_f, gate_g, gate_o, c, h = cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
     if HAS_LENGTHS:
         c = tl.where(active, c, c_prev)
-        gate_i = tl.where(active, gate_i, 0.0)
-        gate_f = tl.where(active, gate_f, 0.0)
-        gate_g = tl.where(active, gate_g, 0.0)
-        gate_o = tl.where(active, gate_o, 0.0)
+        gate_i, gate_f, gate_g, gate_o = zero_unless(active, gate_i, gate_f, gate_g, gate_o)
 
     tl.store(c_out_ptr + i_d * stride_co_d + o_b64[:, None] * stride_co_b + o_h[None, :], c, mask=m_bh)
     p_ho = h_out_ptr + i_d * stride_ho_d + o_b64[:, None] * stride_ho_b + o_h[None, :]
