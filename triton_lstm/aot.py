@@ -118,8 +118,8 @@ def _persistent_forward(dtype, config, arch):
     pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
     constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "HAS_BIAS": True, "HAS_PROJ": False, "HAS_LENGTHS": True,
-                  "SAVE": True, "UPCAST": False, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
-                  **config}  # fmt: skip
+                  "GRID_SYNC": True, "SAVE": True, "UPCAST": False, "UNIT_TILES": 1, "COL_TILES": 1,
+                  "BLOCK_N": config["BLOCK_U"], **config}  # fmt: skip
     return pointers, constexprs, batch
 
 
@@ -131,7 +131,7 @@ def _persistent_backward(dtype, config, arch):
     pointers.update({"w_hh_ptr": f"*{dtype}", "w_hr_ptr": f"*{dtype}", "lengths_ptr": "*i32", "sync_ptr": "*i32"})
     config.pop("HOIST_W")
     constexprs = {"HIDDEN": hidden, "H_OUT": hidden, "UNIT_TILES": 1, "COL_TILES": 1, "BLOCK_N": config["BLOCK_U"],
-                  "HAS_PROJ": False, "HAS_LENGTHS": True, **config}  # fmt: skip
+                  "HAS_PROJ": False, "HAS_LENGTHS": True, "GRID_SYNC": True, **config}  # fmt: skip
     return pointers, constexprs, batch
 
 

@@ -146,7 +146,8 @@ def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save:
         lengths if lengths is not None else sync, sync,
         seq_len, batch, buffers.x_proj.stride(0), buffers.x_proj.stride(1),
         HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_PROJ=w_hr is not None,
-        HAS_LENGTHS=lengths is not None, SAVE=save, UPCAST=launch.upcast_dot(x.dtype), BLOCK_B=tiles.block_b,
+        HAS_LENGTHS=lengths is not None, GRID_SYNC=tiles.programs > 1, SAVE=save, UPCAST=launch.upcast_dot(x.dtype),
+        BLOCK_B=tiles.block_b,
         BLOCK_U=tiles.block_u,
         UNIT_TILES=tiles.unit_tiles, BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
         HOIST_W=tiles.hoist_w, **meta, **_launch_options(),
@@ -176,7 +177,7 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
             HIDDEN=hidden, H_OUT=h_out, BLOCK_B=tiles.block_b, BLOCK_U=tiles.block_u, UNIT_TILES=tiles.unit_tiles,
             BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
             HAS_PROJ=w_hr is not None,
-            HAS_LENGTHS=lengths is not None, **meta, **_launch_options(),
+            HAS_LENGTHS=lengths is not None, GRID_SYNC=tiles.programs > 1, **meta, **_launch_options(),
         )  # fmt: skip
     d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = launch.weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved, lengths)
     return d_x, d_h0, d_cs[seq_len % 2], d_w_ih, d_w_hh, d_bias, d_w_hr

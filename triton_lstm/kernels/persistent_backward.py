@@ -40,6 +40,7 @@ def lstm_persistent_backward_kernel(
     BLOCK_K: tl.constexpr,  # reduction chunk: over H_OUT for the projection, over hidden units in phase B
     HAS_PROJ: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    GRID_SYNC: tl.constexpr,  # more than one program per group: meet at the counter, not only the block barrier
 ):
     i_b = tl.program_id(0)
     i_p = tl.program_id(1)
@@ -112,7 +113,7 @@ def lstm_persistent_backward_kernel(
             tl.store(p_dc + dc_out * c_slot + o_u[None, :], d_c * gate_f, mask=m_bu)
 
         arrivals += n_p
-        group_barrier(sync, arrivals)
+        group_barrier(sync, arrivals, GRID_SYNC)
 
         # Phase B: this program's columns of dL/dh_{t-1}, from every unit's gate gradients.
         for j in tl.static_range(COL_TILES):
@@ -138,6 +139,6 @@ def lstm_persistent_backward_kernel(
                 tl.store(p_h0, acc, mask=m_bn)
 
         arrivals += n_p
-        group_barrier(sync, arrivals)
+        group_barrier(sync, arrivals, GRID_SYNC)
         step -= 1
         it += 1

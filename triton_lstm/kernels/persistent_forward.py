@@ -60,6 +60,7 @@ def lstm_persistent_forward_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
+    GRID_SYNC: tl.constexpr,  # more than one program per group: meet at the counter, not only the block barrier
     SAVE: tl.constexpr,
     UPCAST: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -166,7 +167,7 @@ def lstm_persistent_forward_kernel(
 
         if HAS_PROJ:
             arrivals += n_p
-            group_barrier(sync, arrivals)
+            group_barrier(sync, arrivals, GRID_SYNC)
             p_m = unprojected_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN
             for j in tl.static_range(COL_TILES):
                 o_n = (i_p * COL_TILES + j) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -180,5 +181,5 @@ def lstm_persistent_forward_kernel(
                 tl.store(p_hs + (step + 1) * hs_slot + o_n[None, :], h.to(h_dtype), mask=m_bn)
 
         arrivals += n_p
-        group_barrier(sync, arrivals)
+        group_barrier(sync, arrivals, GRID_SYNC)
         step += 1
