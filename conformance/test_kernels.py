@@ -1,8 +1,11 @@
 """Kernel unit tests: the launchers against the float64 reference loop, with tiny blocks so that every mask and
 tail is exercised, and with outputs poisoned (NaN) before the kernels run so that an unwritten element fails."""
 
+import itertools
+
 import pytest
 import torch
+import triton
 
 import triton_lstm
 from conformance.helpers import TOLERANCES
@@ -11,23 +14,37 @@ from triton_lstm.reference import reference_lstm, reference_lstm_varlen
 
 # Blocks smaller than the sizes below leave partial tiles on every axis. The GPU compiler needs tl.dot dimensions
 # of at least 16, so on CUDA the sizes are raised instead (same tails, larger tiles).
-# The persistent kernel's configs split H over two unit tiles (and H_out over two column tiles) in one program
-# under the interpreter, and over several programs meeting at grid barriers on the GPU.
 TINY = {
     "step": ({"BLOCK_B": 2, "BLOCK_H": 4, "BLOCK_K": 4, "num_warps": 1},
              {"BLOCK_B": 2, "BLOCK_N": 4, "BLOCK_U": 4, "num_warps": 1}),
-    "persistent": ({"BLOCK_B": 2, "BLOCK_U": 4, "UNIT_TILES": 2, "BLOCK_N": 4, "COL_TILES": 2, "PROGRAMS": 1,
-                    "BLOCK_K": 4, "HOIST_W": False},) * 2,
 }  # fmt: skip
 GPU = {
     "step": ({"BLOCK_B": 16, "BLOCK_H": 16, "BLOCK_K": 16, "num_warps": 4},
              {"BLOCK_B": 16, "BLOCK_N": 16, "BLOCK_U": 16, "num_warps": 4}),
-    "persistent": ({"BLOCK_B": 16, "BLOCK_U": 16, "UNIT_TILES": 1, "BLOCK_N": 16, "COL_TILES": 1, "PROGRAMS": 3,
-                    "BLOCK_K": 16, "HOIST_W": False},) * 2,
 }  # fmt: skip
+
+
+def _persistent_plans(device, resident: bool):
+    """Several programs per group, with tails on every axis: under the interpreter launched once per phase (the
+    launch boundary stands in for the barrier), on a GPU as one launch whose programs meet at grid barriers. W_hh
+    is resident (its whole reduction in one tile, split over two warps' chunks) or streamed in chunks."""
+    if device.type == "cpu":  # sizes (T, B, I, H, P) = (4, 5, 3, 7, 5): 3 batch tiles, 4 programs
+        block_b, units, columns, chunk, padded = 2, 2, 2, 4, 8
+    else:  # (4, 21, 3, 37, 19): 2 batch tiles, 3 programs
+        block_b, units, columns, chunk, padded = 16, 16, 16, 16, 64
+    hidden = _sizes(device)[3]
+    common = {"block_b": block_b, "block_u": units, "block_n": columns, "block_m": padded, "resident": resident,
+              "programs": triton.cdiv(hidden, units), "batch_tiles": triton.cdiv(_sizes(device)[1], block_b),
+              "num_warps": 4, "stepped": device.type == "cpu"}  # fmt: skip
+    forward = launch_persistent.Plan(block_k=padded if resident else chunk, k_split=2 if resident else 1, **common)
+    backward = launch_persistent.Plan(block_k=chunk, k_split=1, **common)
+    return forward, backward
+
+
 LAUNCHERS = {
     "step": (launch.step_forward, launch.step_backward),
     "persistent": (launch_persistent.persistent_forward, launch_persistent.persistent_backward),
+    "persistent-streamed": (launch_persistent.persistent_forward, launch_persistent.persistent_backward),
 }
 
 
@@ -87,7 +104,7 @@ def _stacked(weights, num_directions, bias, proj):
 @pytest.mark.parametrize("proj", [0, 1], ids=["noproj", "proj"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("num_directions", [1, 2], ids=["uni", "bi"])
-@pytest.mark.parametrize("kernel", ["step", "persistent"])
+@pytest.mark.parametrize("kernel", list(LAUNCHERS))
 def test_kernels_against_reference(kernel, num_directions, bias, proj, ragged, dtype, device, poisoned):
     seq_len, batch, input_size, hidden, proj_size = _sizes(device)
     proj_size = proj_size if proj else 0
@@ -122,10 +139,14 @@ def test_kernels_against_reference(kernel, num_directions, bias, proj, ragged, d
 
     w_ih, w_hh, b_ih, b_hh, w_hr = _stacked(weights, num_directions, bias, proj_size)
     bias_acc = b_ih.to(launch.accumulator_dtype(dtype)) + b_hh if bias else None
-    forward_config, backward_config = (TINY if device.type == "cpu" else GPU)[kernel]
     forward, backward = LAUNCHERS[kernel]
-    output, h_n, c_n, saved = forward(x, h0, c0, w_ih, w_hh, bias_acc, w_hr, lengths, save=True, config=forward_config)
-    grads = backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths, config=backward_config)
+    if kernel == "step":
+        forward_options, backward_options = ({"config": c} for c in (TINY if device.type == "cpu" else GPU)[kernel])
+    else:
+        plans = _persistent_plans(device, resident=kernel == "persistent")
+        forward_options, backward_options = ({"plan": p} for p in plans)
+    output, h_n, c_n, saved = forward(x, h0, c0, w_ih, w_hh, bias_acc, w_hr, lengths, save=True, **forward_options)
+    grads = backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths, **backward_options)
     d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = grads
 
     tol = TOLERANCES[dtype]
@@ -207,7 +228,9 @@ def test_auto_kernel_choice(monkeypatch):
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(tuning, "INTERPRETED", False)
-    monkeypatch.setattr(launch_persistent, "_device_facts", lambda device: (132, 90))
+    monkeypatch.setattr(
+        launch_persistent, "device_facts", lambda device: launch_persistent.DeviceFacts(132, 90, 232_448)
+    )
     fp16 = torch.float16
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 1, fp16)) == "persistent"
     assert functional.resolve_kernel("auto", cuda, (256, 256, 16, 2, torch.float32)) == "persistent"
@@ -229,30 +252,53 @@ def test_auto_kernel_choice(monkeypatch):
     assert functional.resolve_kernel("auto", torch.device("cpu"), (6, 6, 2, 1, torch.float32)) == "step"
 
 
-def test_persistent_plan_follows_the_measured_tiles():
-    """launch_persistent.plan_for on a 132-program GPU (an H100/H200) gives the tiles that its comments justify with
-    H200 timings, covers every hidden unit, and says why when the grid cannot fit."""
-    plan_for = launch_persistent.plan_for
-    fp16, fp32 = torch.float16, torch.float32
-    cases = [
-        # (hidden, batch, directions, dtype, backward) -> (block_b, block_u, programs, block_k, hoist_w)
-        ((256, 16, 1, fp16, False), (16, 32, 8, 256, True)),
-        ((256, 16, 1, fp16, True), (16, 16, 16, 64, False)),
-        ((256, 16, 1, fp32, False), (16, 16, 16, 128, False)),
-        ((1024, 16, 1, fp16, False), (16, 32, 32, 256, False)),
-        ((1024, 16, 1, fp32, True), (16, 16, 64, 64, False)),
-        ((768, 64, 1, torch.bfloat16, False), (32, 32, 24, 256, False)),
-        # The backward's batch tiles stay 16 rows tall: at B = 64 with two directions, 16 units a program would need
-        # 512 programs, 32 need 256, 64 need 128.
-        ((1024, 64, 2, fp16, True), (16, 64, 16, 64, False)),
-    ]
-    for (hidden, batch, directions, dtype, backward), expected in cases:
-        plan = plan_for(hidden, hidden, batch, directions, dtype, 132, backward=backward)
-        assert (plan.block_b, plan.block_u, plan.programs, plan.block_k, plan.hoist_w) == expected, plan
-        assert plan.programs * plan.block_u >= hidden and plan.batch_tiles * plan.block_b >= batch
-        assert plan.batch_tiles * plan.programs * directions <= 132
-    too_many = plan_for(1024, 1024, 1024, 2, fp16, 132)
+SIZES = [(hidden, proj, batch, directions) for hidden in (4, 17, 256, 768, 1024, 1280, 2048) for proj in (0, 3)
+         for batch in (1, 16, 20, 64, 256) for directions in (1, 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("facts", [launch_persistent.DeviceFacts(132, 90, 232_448),
+                                   launch_persistent.DeviceFacts(108, 80, 166_912)], ids=["H100", "A100"])  # fmt: skip
+def test_persistent_plans_fit_the_device(facts):
+    """Every plan covers the batch and the hidden units, fits the device's co-resident programs, keeps W_hh on chip
+    only where its estimate fits a block's shared memory, and meets the kernels' shape rules; or says why not."""
+    for (hidden, proj, batch, directions), dtype, backward, tf32 in itertools.product(
+        SIZES, (torch.float16, torch.float32, torch.float64), (False, True), (False, True)
+    ):
+        h_out = min(proj, hidden - 1) or hidden
+        plan = launch_persistent.plan_for(hidden, h_out, batch, directions, dtype, facts, backward=backward, tf32=tf32)
+        if isinstance(plan, str):
+            assert "co-resident programs" in plan
+            continue
+        assert plan.block_u * plan.programs >= hidden and plan.block_b * plan.batch_tiles >= batch
+        assert plan.batch_tiles * plan.programs * directions <= facts.programs
+        element = torch.finfo(dtype).bits // 8
+        estimate = launch_persistent.shared_bytes(hidden, h_out, element, plan.block_b, plan.block_u, plan.block_n,
+                                                  backward=backward)  # fmt: skip
+        assert plan.resident == (estimate <= facts.shared_bytes), plan
+        # tl.dot needs every dimension >= 16: 4 gates of >= 4 units, the batch tile, the chunks; the backward's
+        # dL/dh @ W_hr has the units as N.
+        assert plan.block_u >= 4 and plan.block_b >= 16 and plan.block_k >= 16
+        if h_out != hidden and backward:
+            assert plan.block_u >= 16
+        if h_out != hidden and not backward:
+            assert plan.block_n >= 16 and plan.block_n * plan.programs >= h_out
+
+
+def test_persistent_plan_keeps_weights_on_chip_where_they_fit():
+    """On a 132-SM H100/H200, W_hh stays resident for fp16/bf16 up to H = 1024 with one direction and with two, and
+    in TF32 up to H = 1024 with one; past what all SMs' shared memory holds it is streamed."""
+    facts = launch_persistent.DeviceFacts(132, 90, 232_448)
+
+    def resident(hidden, batch, directions, dtype, tf32=False):
+        return [launch_persistent.plan_for(hidden, hidden, batch, directions, dtype, facts, backward=backward,
+                                           tf32=tf32).resident for backward in (False, True)]  # fmt: skip
+
+    for dtype in (torch.float16, torch.bfloat16):
+        for hidden in (256, 512, 768, 1024):
+            assert resident(hidden, 16, 1, dtype) == [True, True], (dtype, hidden)
+        assert resident(1024, 16, 2, dtype) == [True, True]
+        assert resident(2048, 16, 1, dtype) == [False, False]
+    assert resident(1024, 16, 1, torch.float32, tf32=True) == [True, True]
+    assert resident(1024, 16, 2, torch.float32, tf32=True) == [False, False]
+    too_many = launch_persistent.plan_for(1024, 1024, 1024, 2, torch.float16, facts)
     assert isinstance(too_many, str) and "co-resident programs" in too_many
-    # Below sm_90 the backward reduces in chunks of 16 (aot report: no sm_80 spills on triton 3.6 and 3.9).
-    assert plan_for(256, 256, 16, 1, fp16, 108, backward=True, arch=80).block_k == 16
-    assert plan_for(256, 256, 16, 1, fp16, 108, arch=80).block_k == 256

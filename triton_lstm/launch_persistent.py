@@ -1,9 +1,10 @@
 """Host launchers of the persistent kernels: one launch per layer and direction set runs every time step.
 
 The grid is (batch tiles, P, D): the P programs of a group split the hidden units and synchronise at every step,
-so all of them must be resident on the GPU at once. ``plan`` sizes the grid to the device (or gives the reason it
-cannot), and the launch is cooperative, so a grid that does not fit fails instead of deadlocking. Under the
-interpreter programs run one after another: each group gets one program that loops over all unit tiles.
+so all of them must be resident on the GPU at once. ``plan`` sizes the grid and the tiles to the device (or gives the
+reason it cannot), and the launch is cooperative, so a grid that does not fit fails instead of deadlocking. Under
+the interpreter programs run one after another: each group gets one program that owns every hidden unit; a plan
+with ``stepped`` (tests) instead launches P programs once per phase, the launch boundary standing in for the barrier.
 """
 
 from dataclasses import dataclass
@@ -11,152 +12,205 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from triton_lstm import launch, tuning
+from triton_lstm import launch, precision, tuning
 
-# The tiles below were chosen from timings of every candidate on an H200 (python -m bench.persistent_tiles, B = 16,
-# H in {256, 1024}, fp16 and fp32, bench/results/): microseconds per step of the best and of the next tiling.
-# W_hh stays on chip for the whole sequence (HOIST_W) only in 16-bit types and while the reduction over H_out is one
-# chunk of at most this many inputs: fp16 at H = 256 took 5.5 us a step hoisted, 6.3 streamed; float32 took 39 us
-# hoisted, 24 streamed in chunks of 128 (its exact-fp32 products run on FMA units, where the large on-chip tile
-# costs more than the L2 reads it saves).
-HOIST_MAX_K = 256
 # Reduction chunk when W_hh is streamed from L2, by element size: fp16 at H = 1024 took 13.0 us a step with 256,
-# 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles of 64 units need
-# more shared memory than a block may have.
+# 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles need more shared
+# memory than a block may have (H200, python -m bench.persistent_tiles, bench/results/h200-issue4/run2-tiles.csv).
 STREAM_K = {2: 256, 4: 128, 8: 64}
+# The activations a program loads each step from other programs (forward: h_{t-1}, BLOCK_B x H_out in the input
+# dtype; backward: the partial products of its units, BLOCK_B x H in fp32, all loads issued before the first add) are
+# held in registers: at most this many bytes per thread (64 registers), so that the rest of the step has room. The
+# warps of a program follow from it (4, 8 or 16), and the batch tile is capped where 8 (forward) or 16 warps would
+# not do.
+TILE_BYTES_PER_THREAD = 256
+WARPS = (4, 8, 16)
+# Shared memory a block keeps besides the named tiles (allocation alignment); Triton's layout conversions reuse the
+# activation tile's space once the product has read it (aot report: 98,304 bytes for H = 1024 fp16 with 8 units a
+# program, exactly the W_hh slice and the h tile).
+SHARED_MARGIN = 1024
+# Most hidden units a program takes on: past this, too few programs share each step's work for the persistent kernel
+# to pay (the limit of the tiles timed on the H200, bench/results/h200-issue4/run2-tiles.csv); the per-step kernel
+# runs instead.
+MAX_UNITS = 128
+# Shared memory one block may use (opt-in maximum) where torch does not report it: A100 (sm_80), H100/H200 (sm_90).
+SHARED_BYTES = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
+# Columns of H_out per chunk of the backward's products (its partial products of dL/dh_{t-1}, and dL/dh @ W_hr):
+# 128 where they run on tensor cores; 64 for exact float32, whose FMA products hold every K of a chunk in registers
+# (aot report, H = 1024 on sm_80 with 8 warps: 828 bytes spilled with 128, none with 64).
+PARTIAL_CHUNK = {True: 128, False: 64}
 
 
-# The backward reduces over hidden units in chunks of this many (its tiles are chosen separately below), by GPU
-# generation: 64 on sm_90 (the chunk timed on an H200); 16 below: on sm_80, where Triton 3.9 turns LLVM's SLP
-# vectorizer off, ptxas spills 8 bytes at H = 768, B = 1 in fp16 with chunks of 64 and 20 bytes in bf16 with 32
-# (aot report); 16 compiles without spills on triton 3.6 and 3.9 for every dtype, but has not been timed.
-def backward_chunk(arch: int) -> int:
-    return 64 if arch >= 90 else 16
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the plan needs to know of a GPU."""
 
-
-# Units per program, in order of preference (tl.dot needs every dimension >= 16); more units per program means
-# fewer programs. Forward: fp16 32 (5.5 us at H = 256, 7.9 with 16; 13.0 at H = 1024, 13.6 with 16), float32 16
-# (24 us at H = 256, 42 with 32). Backward: 16 in every measured case (fp16 17.1 us vs 20.7 with 32 at H = 256,
-# 54 vs 69 at H = 1024; float32 17.2 vs 19.6 and 53.6 vs 67.5). float64 was not measured: the float32 choices.
-_FORWARD_UNIT_BLOCKS = {2: (32, 16, 64, 128), 4: (16, 32, 64, 128), 8: (16, 32, 64, 128)}
-_BACKWARD_UNIT_BLOCKS = (16, 32, 64, 128)
+    programs: int  # programs resident at once: one per SM, which every plan's resources allow
+    arch: int  # compute capability as 10 * major + minor
+    shared_bytes: int  # shared memory one block may use
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Tiles and grid of one persistent launch."""
+    """Tiles and grid of one persistent launch (the forward's or the backward's)."""
 
-    block_b: int
-    block_u: int
-    unit_tiles: int
-    block_n: int
-    col_tiles: int
+    block_b: int  # batch rows per program
+    block_u: int  # hidden units per program
+    block_n: int  # projection columns per program (forward: of h; backward: of the summed dL/dh)
+    block_k: int  # forward: the reduction over H_out (all of it if resident, else a chunk); backward: partial chunk
+    block_m: int  # forward: the projection's reduction over H, padded (unused by the backward)
+    k_split: int  # forward: reduction chunks spread over warps
+    resident: bool  # W_hh (and W_hr) loaded once and kept on chip, else streamed from L2 every step
     programs: int  # P: programs per (batch tile, direction) group
     batch_tiles: int
-    block_k: int
-    hoist_w: bool
+    num_warps: int
+    stepped: bool = False  # one launch per phase (tests), the launch boundary standing in for the barrier
+
+    def meta(self, backward: bool) -> dict:
+        """The kernel's tile arguments."""
+        meta = {"BLOCK_B": self.block_b, "BLOCK_U": self.block_u, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
+                "RESIDENT": self.resident}  # fmt: skip
+        if backward:
+            meta["PROGRAMS"] = self.programs
+        else:
+            meta.update(BLOCK_M=self.block_m, K_SPLIT=self.k_split)
+        return meta
 
 
-def _device_facts(device: torch.device) -> tuple[int, int]:
-    """(programs the GPU holds at once, compute capability as 10 * major + minor).
-
-    One program per SM: a conservative co-residency bound that holds whatever the registers and shared memory of
-    the chosen config; the cooperative launch checks it again.
-    """
+def device_facts(device: torch.device) -> DeviceFacts:
     properties = torch.cuda.get_device_properties(device)
-    return properties.multi_processor_count, 10 * properties.major + properties.minor
+    arch = 10 * properties.major + properties.minor
+    shared = getattr(properties, "shared_memory_per_block_optin", None) or SHARED_BYTES.get(arch, 101_376)
+    return DeviceFacts(properties.multi_processor_count, arch, shared)
 
 
 def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device,
          *, backward: bool = False) -> Plan | str:  # fmt: skip
-    """Tile sizes and grid for these sizes on ``device`` (of the backward kernel with ``backward``), or a string
-    saying why the persistent kernel cannot run."""
-    if tuning.INTERPRETED:
-        return plan_for(hidden, h_out, batch, num_directions, dtype, None, backward=backward)
-    capacity, arch = _device_facts(device)
-    return plan_for(hidden, h_out, batch, num_directions, dtype, capacity, backward=backward, arch=arch)
+    """Tiles and grid for these sizes on ``device`` (of the backward kernel with ``backward``), or a string saying
+    why the persistent kernel cannot run."""
+    facts = None if tuning.INTERPRETED else device_facts(device)
+    tf32 = facts is not None and precision.use_tf32(dtype, torch.device(device), facts.arch)
+    return plan_for(hidden, h_out, batch, num_directions, dtype, facts, backward=backward, tf32=tf32)
 
 
-def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, capacity, *,
-             backward: bool = False, arch: int = 90) -> Plan | str:  # fmt: skip
-    """``plan`` for a GPU of compute capability ``arch`` (e.g. 80, 90) that holds ``capacity`` programs at once;
-    ``capacity`` None means the interpreter."""
-    if capacity is None:
-        # One program per group looping over 64-wide tiles: the interpreter's cost is per block operation.
-        block_u = min(64, triton.next_power_of_2(hidden))
-        block_n = min(64, triton.next_power_of_2(h_out))
-        unit_tiles = triton.cdiv(hidden, block_u)
-        return Plan(16, block_u, unit_tiles, block_n, triton.cdiv(h_out, block_n), 1, triton.cdiv(batch, 16), 64,
-                    unit_tiles == 1 and h_out <= 64)  # fmt: skip
-    element_size = torch.finfo(dtype).bits // 8
-    hoist_w = not backward and element_size == 2 and h_out <= HOIST_MAX_K
-    # Batch tiles of up to 32 rows, and 16 with W_hh hoisted: at 32 the hoisted fp16 tiles spill (aot report), and
-    # at 64 they need more shared memory than a block may have (264 KB measured on an H200 at H = 256). The backward
-    # keeps 16: at 32 its tiles spill a few bytes on sm_80 (aot report, H = 256, every dtype but bf16).
-    block_b = 16 if hoist_w or backward else min(32, max(16, triton.next_power_of_2(batch)))
+def _pow2(n: int, floor: int = 16) -> int:
+    # tl.dot needs every dimension >= 16; tensors are powers of two.
+    return max(floor, triton.next_power_of_2(n))
+
+
+def shared_bytes(hidden: int, h_out: int, element: int, block_b: int, block_u: int, block_n: int,
+                 *, backward: bool) -> int:  # fmt: skip
+    """Shared memory of a resident program: the W_hh slice and the activation tile multiplied with it (and the same
+    for the projection). An estimate, which the resource report checks against the compiled kernels (aot)."""
+    k_pad, h_pad = _pow2(h_out), _pow2(hidden)
+    slice_bytes = 4 * block_u * k_pad * element
+    if not backward:
+        tiles = slice_bytes + block_b * k_pad * element  # W_hh^T slice, h_{t-1}
+        if h_out != hidden:
+            tiles += (block_n + block_b) * h_pad * element  # W_hr^T columns, o * tanh(c_t)
+    else:
+        tiles = slice_bytes + block_b * 4 * block_u * element  # W_hh slice, gate gradients
+        if h_out != hidden:
+            tiles += (block_u * element + block_b * 4) * k_pad  # W_hr columns, dL/dh_t (accumulator dtype)
+    return tiles + SHARED_MARGIN
+
+
+def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, facts: DeviceFacts | None,
+             *, backward: bool = False, tf32: bool = False) -> Plan | str:  # fmt: skip
+    """``plan`` for a GPU described by ``facts`` (None: the interpreter); ``tf32``: float32 products in TF32."""
+    element = torch.finfo(dtype).bits // 8
+    tensor_cores = dtype != torch.float32 or tf32
+    k_pad, h_pad = _pow2(h_out), _pow2(hidden)
+    projected = h_out != hidden
+    # The backward's dL/d(o * tanh c) = dL/dh @ W_hr[:, units] is a product with N = units per program.
+    min_units = 16 if projected else 4
+    if facts is None:
+        units = max(min_units, triton.next_power_of_2(hidden))
+        return Plan(block_b=16, block_u=units, block_n=_pow2(h_out), block_k=min(k_pad, 64) if backward else k_pad,
+                    block_m=h_pad, k_split=2 if k_pad >= 32 else 1, resident=True, programs=1,
+                    batch_tiles=triton.cdiv(batch, 16), num_warps=4)  # fmt: skip
+    # Bytes a program loads from the others each step, per batch row: h_{t-1}, or the partial products (or with a
+    # projection the summed dL/dh) in the accumulator dtype.
+    accumulator = 8 if dtype == torch.float64 else 4
+    row_bytes = (h_out if projected else hidden) * accumulator if backward else k_pad * element
+    # Batch rows per program: as many as the batch has, while those loads fit the registers of the most warps.
+    most = TILE_BYTES_PER_THREAD * 32 * (WARPS[-1] if backward else 8)
+    block_b = min(_pow2(batch), max(16, 1 << (most // row_bytes).bit_length() - 1))
     batch_tiles = triton.cdiv(batch, block_b)
-    streamed_k = backward_chunk(arch) if backward else STREAM_K[element_size]
-    block_k = max(16, triton.next_power_of_2(h_out)) if hoist_w else streamed_k
-    unit_blocks = _BACKWARD_UNIT_BLOCKS if backward else _FORWARD_UNIT_BLOCKS[element_size]
-    for block_u in unit_blocks:
-        programs = triton.cdiv(hidden, block_u)
-        if batch_tiles * programs * num_directions <= capacity:
-            return Plan(block_b, block_u, 1, block_u, 1, programs, batch_tiles, block_k, hoist_w)
-    return (
-        f"{batch_tiles} batch tiles x {num_directions} directions x hidden_size={hidden} need more than the "
-        f"{capacity} co-resident programs of this GPU"
-    )
+    # Units per program: the fewest that let every program be resident at once, so that each program's share of the
+    # step (and of W_hh, kept on chip) is as small as the GPU allows.
+    units = min_units
+    while batch_tiles * triton.cdiv(hidden, units) * num_directions > facts.programs:
+        units *= 2
+        if units > min(h_pad, MAX_UNITS):
+            return (
+                f"{batch_tiles} batch tiles x {num_directions} directions x hidden_size={hidden} need more than the "
+                f"{facts.programs} co-resident programs of this GPU"
+            )
+    programs = triton.cdiv(hidden, units)
+    block_n = _pow2(triton.cdiv(h_out, programs), 16 if not backward else 1)
+    num_warps = next((w for w in WARPS if block_b * row_bytes <= TILE_BYTES_PER_THREAD * 32 * w), WARPS[-1])
+    if backward and projected:
+        # Its two phases' products and partial sums need more registers than its loads (aot report, H = 1024 with a
+        # projection of 256: 4 warps spill up to 9.8 KB in float32 and a few bytes in half precision; 8 do not).
+        num_warps = max(num_warps, 8)
+    resident = shared_bytes(hidden, h_out, element, block_b, units, block_n, backward=backward) <= facts.shared_bytes
+    if backward:
+        block_k = min(k_pad, PARTIAL_CHUNK[tensor_cores])
+        k_split = 1
+    else:
+        block_k = k_pad if resident else STREAM_K[element]
+        # Warps share the reduction in halves (two chains of dependent MMAs instead of one twice as long), except
+        # for a 64-row batch tile, whose plain product is a Hopper wgmma; four parts spill on sm_90 (aot report).
+        k_split = 2 if resident and block_b < 64 and k_pad >= 64 else 1
+    return Plan(block_b, units, block_n, block_k, h_pad, k_split, resident, programs, batch_tiles, num_warps)
 
 
-def _fixed_meta(config: dict) -> dict:
-    # One stage, as in every shipped config (tuning._persistent_space): Triton's default of 3 pipelines the
-    # reduction loop, which multiplies shared memory and, measured on an H200 with triton 3.6, gives wrong results
-    # for float32 with W_hh on chip.
-    return {"num_warps": config.get("num_warps", 4), "num_stages": 1}
+def _launch_options(tiles: Plan) -> dict:
+    options = {"num_warps": tiles.num_warps, "num_stages": 1}
+    if not tuning.INTERPRETED:
+        options["launch_cooperative_grid"] = True
+    return options
 
 
-def _launch_options():
-    return {} if tuning.INTERPRETED else {"launch_cooperative_grid": True}
+def _phase_ranges(phases: int, tiles: Plan):
+    """(begin, end) of each launch: all phases at once, or one at a time when stepped."""
+    return [(p, p + 1) for p in range(phases)] if tiles.stepped else [(0, phases)]
 
 
-def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, config: dict | None = None):
-    """Same contract as ``launch.step_forward``, with one kernel launch for the whole sequence.
-
-    ``config`` replaces the planned tiles and warps (tests): keys BLOCK_B, BLOCK_U, UNIT_TILES, BLOCK_N,
-    COL_TILES, PROGRAMS, BLOCK_K, HOIST_W, num_warps (the shipped configs' one pipeline stage is kept: see
-    ``_fixed_meta``).
-    """
+def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, plan: Plan | None = None):
+    """Same contract as ``launch.step_forward``, with one kernel launch for the whole sequence. ``plan`` replaces the
+    planned tiles (tests, tile timings)."""
     seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
     buffers = launch.prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
     if batch == 0:
         return launch.finish_forward(buffers, lengths, x.dtype)
-    tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config, backward=False)
+    tiles = plan or _planned(hidden, h_out, batch, num_directions, x.dtype, x.device, backward=False)
     unprojected = (
         torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=x.device) if w_hr is not None else None
     )
-    sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
-    kernel = tuning.persistent_forward_kernel if config is None else tuning.lstm_persistent_forward_kernel
-    meta = {} if config is None else _fixed_meta(config)
-    kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
-        buffers.x_proj, buffers.bias if buffers.bias is not None else buffers.cs, w_hh.contiguous(),
-        w_hr.contiguous() if w_hr is not None else w_hh, buffers.hs,
-        unprojected if unprojected is not None else buffers.hs, buffers.cs, buffers.gates,
-        lengths if lengths is not None else sync, sync,
-        seq_len, batch, buffers.x_proj.stride(0), buffers.x_proj.stride(1),
-        HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_PROJ=w_hr is not None,
-        HAS_LENGTHS=lengths is not None, GRID_SYNC=tiles.programs > 1, SAVE=save, UPCAST=launch.upcast_dot(x.dtype),
-        BLOCK_B=tiles.block_b,
-        BLOCK_U=tiles.block_u,
-        UNIT_TILES=tiles.unit_tiles, BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
-        HOIST_W=tiles.hoist_w, **meta, **_launch_options(),
-    )  # fmt: skip
+    grid = (tiles.batch_tiles, tiles.programs, num_directions)
+    phases = seq_len * (2 if w_hr is not None else 1)
+    for begin, end in _phase_ranges(phases, tiles):
+        sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
+        tuning.persistent_forward_kernel[grid](
+            buffers.x_proj, buffers.bias if buffers.bias is not None else buffers.cs, w_hh.contiguous(),
+            w_hr.contiguous() if w_hr is not None else w_hh, buffers.hs,
+            unprojected if unprojected is not None else buffers.hs, buffers.cs, buffers.gates,
+            lengths if lengths is not None else sync, sync,
+            begin, end, seq_len, batch, buffers.x_proj.stride(0), buffers.x_proj.stride(1),
+            HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_PROJ=w_hr is not None,
+            HAS_LENGTHS=lengths is not None, SAVE=save, GRID_SYNC=tiles.programs > 1 and not tiles.stepped,
+            UPCAST=launch.upcast_dot(x.dtype), TF32=precision.use_tf32(x.dtype, x.device),
+            **tiles.meta(backward=False), **_launch_options(tiles),
+        )  # fmt: skip
     return launch.finish_forward(buffers, lengths, x.dtype)
 
 
 def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths=None, *,
-                        config: dict | None = None):  # fmt: skip
+                        plan: Plan | None = None):  # fmt: skip
     """Same contract as ``launch.step_backward``, with one kernel launch for the whole recurrence."""
     seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
@@ -165,29 +219,29 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
     acc_dtype = d_gates.dtype
     d_cs = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
     d_cs[0] = grad_c_n
-    d_h0 = torch.empty(num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
-    if batch > 0:
-        tiles = _tiles(hidden, h_out, batch, num_directions, x.dtype, x.device, config, backward=True)
-        sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
-        kernel = tuning.persistent_backward_kernel if config is None else tuning.lstm_persistent_backward_kernel
-        meta = {} if config is None else _fixed_meta(config)
-        kernel[(tiles.batch_tiles, tiles.programs, num_directions)](
-            saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs, d_gates,
-            d_cs, d_h0, lengths if lengths is not None else sync, sync, seq_len, batch,
-            HIDDEN=hidden, H_OUT=h_out, BLOCK_B=tiles.block_b, BLOCK_U=tiles.block_u, UNIT_TILES=tiles.unit_tiles,
-            BLOCK_N=tiles.block_n, COL_TILES=tiles.col_tiles, BLOCK_K=tiles.block_k,
-            HAS_PROJ=w_hr is not None,
-            HAS_LENGTHS=lengths is not None, GRID_SYNC=tiles.programs > 1, **meta, **_launch_options(),
-        )  # fmt: skip
+    if batch == 0:
+        d_h0 = torch.zeros(num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
+    else:
+        tiles = plan or _planned(hidden, h_out, batch, num_directions, x.dtype, x.device, backward=True)
+        partials = torch.empty(2, tiles.programs, num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
+        grid = (tiles.batch_tiles, tiles.programs, num_directions)
+        phases = seq_len * (2 if w_hr is not None else 1)
+        for begin, end in _phase_ranges(phases, tiles):
+            sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
+            tuning.persistent_backward_kernel[grid](
+                saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs,
+                d_gates, d_cs, partials, lengths if lengths is not None else sync, sync, begin, end, seq_len, batch,
+                HIDDEN=hidden, H_OUT=h_out, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None,
+                GRID_SYNC=tiles.programs > 1 and not tiles.stepped, UPCAST=launch.upcast_dot(x.dtype),
+                TF32=precision.use_tf32(x.dtype, x.device), **tiles.meta(backward=True), **_launch_options(tiles),
+            )  # fmt: skip
+        # Step 0 left its partial products of dL/dh0 in slot 0.
+        d_h0 = partials[0].sum(dim=0)
     d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = launch.weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved, lengths)
     return d_x, d_h0, d_cs[seq_len % 2], d_w_ih, d_w_hh, d_bias, d_w_hr
 
 
-def _tiles(hidden, h_out, batch, num_directions, dtype, device, config, *, backward: bool) -> Plan:
-    if config is not None:
-        return Plan(config["BLOCK_B"], config["BLOCK_U"], config["UNIT_TILES"], config["BLOCK_N"],
-                    config["COL_TILES"], config["PROGRAMS"], triton.cdiv(batch, config["BLOCK_B"]),
-                    config["BLOCK_K"], config["HOIST_W"])  # fmt: skip
+def _planned(hidden, h_out, batch, num_directions, dtype, device, *, backward: bool) -> Plan:
     planned = plan(hidden, h_out, batch, num_directions, dtype, device, backward=backward)
     if isinstance(planned, str):
         raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")

@@ -81,24 +81,6 @@ def backward_configs() -> list[triton.Config]:
     return _space(_configs(("BLOCK_B", "BLOCK_N", "BLOCK_U"), rows), _INTERPRETER_BACKWARD)
 
 
-def _persistent_space(warps: int) -> list[triton.Config]:
-    # The persistent kernels' tiles come from the launcher's plan, which sizes the grid to what the device holds at
-    # once, so only warps are left. One stage: pipelining the time loop's loads would multiply the shared memory
-    # that the on-chip weights already fill (TRITON_ON_CPU.md).
-    return [triton.Config({}, num_warps=4 if INTERPRETED else warps, num_stages=1)]
-
-
-def persistent_forward_configs() -> list[triton.Config]:
-    """4 warps: faster than 8 for the planned tiles of every size timed on an H200 (launch_persistent)."""
-    return _persistent_space(4)
-
-
-def persistent_backward_configs() -> list[triton.Config]:
-    """4 warps: 5 to 8% faster than 8 for the planned tiles on an H200 (bench/results/h200-issue4/run2-tiles.csv,
-    B = 16). Neither spills at B = 16; at B = 32 (H = 256) 4 warps spill 4 to 20 bytes (aot report --full)."""
-    return _persistent_space(4)
-
-
 def fits(config: triton.Config, dtype_bits: int) -> bool:
     """Whether a step-kernel config compiles without spills for this element size (aot report, sm_80 and sm_90,
     Triton 3.6 and 3.9): float64 tiles are twice as large, and past 16 x 32 they spill on sm_90. The float32
@@ -134,15 +116,7 @@ def _tuned(kernel, configs, key, prune=None, **kwargs):
 _SIZES = ["HIDDEN", "H_OUT", "batch"]
 step_forward_kernel = _tuned(lstm_step_forward_kernel, forward_configs(), _SIZES, _prune)
 step_backward_kernel = _tuned(lstm_step_backward_kernel, backward_configs(), _SIZES, _prune)
-# Benchmarking reruns a launch: the barrier counters restart from zero, and the backward's in-place buffers
-# (upstream gradients accumulated into, the alternating cell-gradient slots) are restored.
-persistent_forward_kernel = _tuned(
-    lstm_persistent_forward_kernel, persistent_forward_configs(), _SIZES, reset_to_zero=["sync_ptr"]
-)
-persistent_backward_kernel = _tuned(
-    lstm_persistent_backward_kernel,
-    persistent_backward_configs(),
-    _SIZES,
-    reset_to_zero=["sync_ptr"],
-    restore_value=["d_hs_ptr", "d_cs_ptr"],
-)
+# The persistent kernels take their tiles and warps from the launcher's plan, which sizes them to the device (its SM
+# count and shared memory): nothing is left to time per call.
+persistent_forward_kernel = lstm_persistent_forward_kernel
+persistent_backward_kernel = lstm_persistent_backward_kernel

@@ -31,12 +31,13 @@ def tanh(x):
 
 
 @triton.jit
-def dot_acc(a, b, acc, UPCAST: tl.constexpr):
-    """acc + a @ b with the accumulator's precision (fp32, or fp64 for fp64 operands).
+def dot_acc(a, b, acc, UPCAST: tl.constexpr, TF32: tl.constexpr = False):
+    """acc + a @ b with the accumulator's precision (fp32, or fp64 for fp64 operands); 2-D or batched 3-D.
 
-    float32 operands use exact ("ieee") products, not tf32, to match torch.nn.LSTM. UPCAST converts the operands
-    to the accumulator's dtype first: the launcher sets it for bf16 under the interpreter only, so that the GPU
-    keeps its bf16 tensor-core path.
+    float32 operands multiply exactly ("ieee", FMA units), or in TF32 on tensor cores with ``TF32``: the launchers set
+    it exactly where torch's own LSTM would use TF32 (``triton_lstm.precision``). UPCAST converts the operands to the
+    accumulator's dtype first: the launchers set it for bf16 under the interpreter only, so that the GPU keeps its
+    bf16 tensor-core path.
     """
     if UPCAST:
         a = a.to(acc.dtype)
@@ -44,7 +45,10 @@ def dot_acc(a, b, acc, UPCAST: tl.constexpr):
     if acc.dtype == tl.float64:
         return tl.dot(a, b, acc, out_dtype=tl.float64)
     elif a.dtype == tl.float32:
-        return tl.dot(a, b, acc, input_precision="ieee")
+        if TF32:
+            return tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
 
@@ -80,3 +84,18 @@ def cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev):
     da_g = d_c * gate_i * (1.0 - gate_g * gate_g)
     da_o = d_m * tanh_c * gate_o * (1.0 - gate_o)
     return da_i, da_f, da_g, da_o, d_c
+
+
+@triton.jit
+def dot_split(a, b, acc, UPCAST: tl.constexpr, TF32: tl.constexpr):
+    """acc + a @ b for ``a`` in the accumulator dtype and ``b`` in the input dtype, on tensor cores where b is 16-bit:
+    a is split into a 16-bit part and the 16-bit rounding of what that part misses, two products together as
+    accurate as fp32 operands would be (about twice the 16-bit mantissa), where one rounding of a would lose it."""
+    if b.dtype == tl.float16 or b.dtype == tl.bfloat16:
+        high = a.to(b.dtype)
+        low = (a - high.to(a.dtype)).to(b.dtype)
+        acc = dot_acc(high, b, acc, UPCAST, TF32)
+        acc = dot_acc(low, b, acc, UPCAST, TF32)
+    else:
+        acc = dot_acc(a, b.to(a.dtype), acc, UPCAST, TF32)
+    return acc

@@ -1,144 +1,203 @@
 """Persistent backward kernel: one launch walks a layer's steps in reverse, all directions at once.
 
-Grid (batch tiles, P, D), as the forward. Each step has two phases behind group barriers:
-  A. Each program computes the gate gradients of its own hidden units (as the step backward kernel does) from
-     dL/dh_t (projected back through W_hr when the layer projects), the saved gates and cell states, and the
-     cell gradient it carries for those units; it stores them and the next cell gradient.
-  B. Each program computes a column slice of dL/dh_{t-1} = [da_i, da_f, da_g, da_o] @ W_hh from all units'
-     gate gradients and adds it to the upstream gradient of step t - 1 (or writes dL/dh0 after step 0).
-The weight gradients are left to GEMMs over all steps afterwards, from the stored gate gradients.
+Grid (batch tiles, P, D), as the forward, and each program owns the same hidden units and the same slice of W_hh
+(the four gate rows of its units, gate columns interleaved: ``gate_tiles``), used transposed: with RESIDENT it is
+loaded once and kept on chip, else streamed from L2 every step. At step t a program
+  1. sums dL/dh_t of its units: the upstream gradient plus the P partial products that every program left from
+     step t + 1 (dL/dh_t = sum over programs q of dG_q(t + 1) @ W_hh[rows of q]),
+  2. computes its units' gate gradients dG(t) from the saved gates and cell states (the cell gradient stays in
+     registers from step to step) and stores them for the weight gradients,
+  3. multiplies dG(t), in the input dtype with fp32 accumulation (as cuDNN does; the cell chain stays fp32), by its
+     W_hh slice: its partial product of dL/dh_{t-1} over all H_out columns, written to the step's partial buffer,
+and meets the others at one grid barrier a step. The partial products alternate between two slots: a program writes
+slot t % 2 at step t after the barrier of step t + 1, which every program reaches only once it has read that slot
+(the partials of step t + 2).
+
+With a projection, dL/d(o * tanh(c)) = dL/dh @ W_hr needs all H_out columns of dL/dh_t, so a step has two phases:
+each program first sums the partials of BLOCK_N columns into the total dL/dh_t (stored: the projection's weight
+gradient reads it), then, after a second barrier, reads all of it and multiplies by its resident W_hr columns.
+
+dL/dh0 is the sum of the partials of step 0 (the launcher adds them up); dL/dc0 is left in slot T % 2 of d_cs. The
+weight gradients are left to GEMMs over all steps afterwards, from the stored gate gradients. As in the forward, a
+launch runs phases [phase_begin, phase_end): the whole recurrence, or one phase per launch (tests).
 """
 
 import triton
 import triton.language as tl
 
-from triton_lstm.kernels.math import cell_backward, dot_acc, zero_unless
-from triton_lstm.kernels.sync import group_barrier
+from triton_lstm.kernels.gate_tiles import gate_rows, join_gates
+from triton_lstm.kernels.math import cell_backward, dot_acc, dot_split, zero_unless
+from triton_lstm.kernels.sync import arrive, wait
 
 
-@triton.jit(do_not_specialize=["seq_len"])
+@triton.jit
+def _gate_rows_tile(w_ptr, rows, rows_ok, k0, BLOCK_K: tl.constexpr, H_OUT: tl.constexpr):
+    """W_hh[rows, k0 .. k0 + BLOCK_K) as (4U, BLOCK_K): the right operand of ``gate gradients @ tile``."""
+    k = k0 + tl.arange(0, BLOCK_K)[None, :]
+    return tl.load(w_ptr + rows[:, None] * H_OUT + k, mask=rows_ok[:, None] & (k < H_OUT), other=0.0)
+
+
+@triton.jit
+def _sum_partials(acc, p_partials, program_stride, mask, PROGRAMS: tl.constexpr):
+    """acc + the PROGRAMS partial products at p_partials + q * program_stride, added in program order (the result
+    does not depend on timing). Unrolled, so that every load is issued before the first sum waits on one."""
+    for q in tl.static_range(PROGRAMS):
+        acc += tl.load(p_partials + q * program_stride, mask=mask, other=0.0, cache_modifier=".cg")
+    return acc
+
+
+@triton.jit(do_not_specialize=["phase_begin", "phase_end", "seq_len"])
 def lstm_persistent_backward_kernel(
     gates_ptr,  # (T, D, B, 4H), accumulator dtype: i, f, g, o after activation
     cs_ptr,  # (T + 1, D, B, H), accumulator dtype: slot 0 c0, slot s + 1 c after step s
     w_hh_ptr,  # (D, 4H, H_OUT), contiguous
     w_hr_ptr,  # (D, H_OUT, H), contiguous (only if HAS_PROJ)
-    d_hs_ptr,  # (T, D, B, H_OUT), accumulator dtype: upstream dL/dh of each step; becomes the total dL/dh
+    d_hs_ptr,  # (T, D, B, H_OUT), accumulator dtype: upstream dL/dh of each step; with HAS_PROJ becomes the total
     d_gates_ptr,  # (T, D, B, 4H), accumulator dtype, out: gate pre-activation gradients
-    d_cs_ptr,  # (2, D, B, H), accumulator dtype: slot 0 holds dL/dc_n on entry; slot T % 2 dL/dc0 on exit
-    d_h0_ptr,  # (D, B, H_OUT), accumulator dtype, out
+    d_cs_ptr,  # (2, D, B, H), accumulator dtype: dL/dc carried between launches (slot 0: dL/dc_n on entry)
+    partials_ptr,  # (2, P, D, B, H_OUT), accumulator dtype: each program's share of dL/dh of the step before
     lengths_ptr,  # (B,) int32 (only if HAS_LENGTHS)
-    sync_ptr,  # (batch tiles * D,) int32, zero on entry
+    sync_ptr,  # (batch tiles * D,) int32, zero on entry (only if GRID_SYNC)
+    phase_begin,
+    phase_end,
     seq_len,
     batch,
     HIDDEN: tl.constexpr,
     H_OUT: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    UNIT_TILES: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    COL_TILES: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # reduction chunk: over H_OUT for the projection, over hidden units in phase B
     HAS_PROJ: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
-    GRID_SYNC: tl.constexpr,  # more than one program per group: meet at the counter, not only the block barrier
+    GRID_SYNC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_U: tl.constexpr,  # hidden units per program
+    BLOCK_N: tl.constexpr,  # columns of dL/dh each program sums (only if HAS_PROJ)
+    BLOCK_K: tl.constexpr,  # columns of H_out per chunk of the partial products (and of the projection)
+    PROGRAMS: tl.constexpr,  # P
+    RESIDENT: tl.constexpr,
 ):
     i_b = tl.program_id(0)
     i_p = tl.program_id(1)
     i_d = tl.program_id(2)
     n_groups_b = tl.num_programs(0)
-    n_p = tl.num_programs(1)
     n_d = tl.num_programs(2)
     acc_dtype = d_hs_ptr.dtype.element_ty
+    w_dtype = w_hh_ptr.dtype.element_ty
     sync = sync_ptr + i_d * n_groups_b + i_b
 
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < batch
     o_b64 = o_b.to(tl.int64)
+    u0 = i_p * BLOCK_U
+    o_u = u0 + tl.arange(0, BLOCK_U)
+    m_u = o_u < HIDDEN
+    m_bu = m_b[:, None] & m_u[None, :]
     h_slot = n_d.to(tl.int64) * batch * H_OUT
     c_slot = n_d.to(tl.int64) * batch * HIDDEN
     g_slot = n_d.to(tl.int64) * batch * (4 * HIDDEN)
-    p_dh = d_hs_ptr + i_d * batch * H_OUT + o_b64[:, None] * H_OUT
-    p_c = cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN
-    p_dc = d_cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN
-    p_g = gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN)
-    p_dg = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN)
+    p_dh = d_hs_ptr + i_d * batch * H_OUT + o_b64[:, None] * H_OUT  # rows of step 0
+    p_cu = cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
+    p_dcu = d_cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
+    p_gu = gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
+    p_dgu = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
+    # partials[slot, q, d, b, n]: one program's share is (D, B, H_OUT), one slot P of them.
+    program_stride = h_slot
+    partial_slot = PROGRAMS * h_slot
+    p_part = partials_ptr + i_d * batch * H_OUT + o_b64[:, None] * H_OUT  # rows of slot 0, program 0
     w_hh = w_hh_ptr + i_d.to(tl.int64) * (4 * HIDDEN * H_OUT)
     w_hr = w_hr_ptr + i_d.to(tl.int64) * (H_OUT * HIDDEN)
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + o_b, mask=m_b, other=0)
 
+    rows, rows_ok = gate_rows(u0, BLOCK_U, HIDDEN)
+    chunks: tl.constexpr = triton.cdiv(H_OUT, BLOCK_K)
+    if RESIDENT:
+        w_chunks = ()
+        for j in tl.static_range(chunks):
+            # Triton builds tuples by concatenation, not unpacking.
+            w_chunks = w_chunks + (_gate_rows_tile(w_hh, rows, rows_ok, j * BLOCK_K, BLOCK_K, H_OUT),)  # noqa: RUF005
+    if HAS_PROJ:
+        o_n = i_p * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_bn = m_b[:, None] & (o_n[None, :] < H_OUT)
+        # W_hr columns of this program's units, resident in chunks of H_out: element (k, u) is W_hr[k, u].
+        w_proj = ()
+        for j in tl.static_range(chunks):
+            o_w = j * BLOCK_K + tl.arange(0, BLOCK_K)[:, None]
+            w_cols = tl.load(w_hr + o_w * HIDDEN + o_u[None, :], mask=(o_w < H_OUT) & m_u[None, :], other=0.0)
+            w_proj = w_proj + (w_cols,)  # noqa: RUF005 (Triton builds tuples by concatenation)
+
+    # One iteration a step, in reverse; each of its phases (reduce, then gates) runs when its index is in
+    # [phase_begin, phase_end).
+    phases: tl.constexpr = 2 if HAS_PROJ else 1
+    done = phase_begin // phases  # steps finished before this launch
+    c = tl.load(p_cu + (seq_len - done) * c_slot, mask=m_bu, other=0.0)
+    d_c = tl.load(p_dcu + (done % 2) * c_slot, mask=m_bu, other=0.0)
+    n_p = tl.num_programs(1)
     arrivals = 0
-    it = 0
-    step = seq_len - 1
-    while step >= 0:
-        dc_in = it % 2
-        dc_out = (it + 1) % 2
-        # Phase A: gate gradients of this program's units.
-        for j in tl.static_range(UNIT_TILES):
-            o_u = (i_p * UNIT_TILES + j) * BLOCK_U + tl.arange(0, BLOCK_U)
-            m_u = o_u < HIDDEN
-            m_bu = m_b[:, None] & m_u[None, :]
-            if HAS_PROJ:
-                # dL/dm = dL/dh @ W_hr: W_hr[n, u] at (n, u).
-                d_m = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
-                for k0 in range(0, H_OUT, BLOCK_K):
-                    o_k = k0 + tl.arange(0, BLOCK_K)
-                    m_bk = m_b[:, None] & (o_k[None, :] < H_OUT)
-                    d_h = tl.load(p_dh + step * h_slot + o_k[None, :], mask=m_bk, other=0.0, cache_modifier=".cg")
-                    m_ku = (o_k[:, None] < H_OUT) & m_u[None, :]
-                    w_r = tl.load(w_hr + o_k[:, None] * HIDDEN + o_u[None, :], mask=m_ku, other=0.0)
-                    d_m = dot_acc(d_h, w_r, d_m, True)
-            else:
-                d_m = tl.load(p_dh + step * h_slot + o_u[None, :], mask=m_bu, other=0.0, cache_modifier=".cg")
-            p_gu = p_g + step * g_slot + o_u[None, :]
-            gate_i = tl.load(p_gu, mask=m_bu, other=0.0)
-            gate_f = tl.load(p_gu + HIDDEN, mask=m_bu, other=0.0)
-            gate_g = tl.load(p_gu + 2 * HIDDEN, mask=m_bu, other=0.0)
-            gate_o = tl.load(p_gu + 3 * HIDDEN, mask=m_bu, other=0.0)
+    while done * phases < phase_end:
+        step = seq_len - 1 - done
+        # The partials of step + 1 exist except at the first step of the recurrence.
+        p_prior = p_part + ((step + 1) % 2) * partial_slot
+        # A static if around the runtime one: Triton would compile the body of a combined condition even without a
+        # projection, where its names do not exist.
+        if HAS_PROJ:  # noqa: SIM102
+            if done * 2 >= phase_begin:
+                # Reduce phase: the total dL/dh_t of this program's columns.
+                p_cols = p_dh + step * h_slot + o_n[None, :]
+                d_h = tl.load(p_cols, mask=m_bn, other=0.0)
+                wait(sync, arrivals, GRID_SYNC)
+                if step < seq_len - 1:
+                    d_h = _sum_partials(d_h, p_prior + o_n[None, :], program_stride, m_bn, PROGRAMS)
+                tl.store(p_cols, d_h, mask=m_bn)
+                arrive(sync, GRID_SYNC)
+                arrivals += n_p
+        if done * phases + phases - 1 >= phase_begin and done * phases + phases - 1 < phase_end:
+            # This program's own inputs of the step, loaded before the wait.
+            p_g = p_gu + step * g_slot
+            gate_i = tl.load(p_g, mask=m_bu, other=0.0)
+            gate_f = tl.load(p_g + HIDDEN, mask=m_bu, other=0.0)
+            gate_g = tl.load(p_g + 2 * HIDDEN, mask=m_bu, other=0.0)
+            gate_o = tl.load(p_g + 3 * HIDDEN, mask=m_bu, other=0.0)
+            c_prev = tl.load(p_cu + step * c_slot, mask=m_bu, other=0.0)
             if HAS_LENGTHS:
                 # Past a row's length, f = 1 passes dc on unchanged (the gate gradients are masked to zero below).
                 active = (step < length)[:, None]
                 gate_f = tl.where(active, gate_f, 1.0)
-            c = tl.load(p_c + (step + 1) * c_slot + o_u[None, :], mask=m_bu, other=0.0)
-            c_prev = tl.load(p_c + step * c_slot + o_u[None, :], mask=m_bu, other=0.0)
-            d_c = tl.load(p_dc + dc_in * c_slot + o_u[None, :], mask=m_bu, other=0.0)
+            if not HAS_PROJ:
+                d_m = tl.load(p_dh + step * h_slot + o_u[None, :], mask=m_bu, other=0.0)
+            wait(sync, arrivals, GRID_SYNC)
+
+            if HAS_PROJ:
+                # dL/d(o * tanh(c)) = dL/dh_t @ W_hr, from the total dL/dh_t that the reduce phase left, kept in the
+                # accumulator's precision (a sum of many products, not an input-dtype value).
+                d_m = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
+                for j in tl.static_range(chunks):
+                    o_k = j * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]
+                    d_h = tl.load(p_dh + step * h_slot + o_k, mask=m_b[:, None] & (o_k < H_OUT), other=0.0,
+                                  cache_modifier=".cg")  # fmt: skip
+                    d_m = dot_split(d_h, w_proj[j], d_m, UPCAST, TF32)
+            elif step < seq_len - 1:
+                d_m = _sum_partials(d_m, p_prior + o_u[None, :], program_stride, m_bu, PROGRAMS)
             da_i, da_f, da_g, da_o, d_c = cell_backward(d_m, d_c, gate_i, gate_f, gate_g, gate_o, c, c_prev)
             if HAS_LENGTHS:
                 da_i, da_f, da_g, da_o = zero_unless(active, da_i, da_f, da_g, da_o)
-            p_dgu = p_dg + step * g_slot + o_u[None, :]
-            tl.store(p_dgu, da_i, mask=m_bu)
-            tl.store(p_dgu + HIDDEN, da_f, mask=m_bu)
-            tl.store(p_dgu + 2 * HIDDEN, da_g, mask=m_bu)
-            tl.store(p_dgu + 3 * HIDDEN, da_o, mask=m_bu)
-            tl.store(p_dc + dc_out * c_slot + o_u[None, :], d_c * gate_f, mask=m_bu)
+            p_dg = p_dgu + step * g_slot
+            tl.store(p_dg, da_i, mask=m_bu)
+            tl.store(p_dg + HIDDEN, da_f, mask=m_bu)
+            tl.store(p_dg + 2 * HIDDEN, da_g, mask=m_bu)
+            tl.store(p_dg + 3 * HIDDEN, da_o, mask=m_bu)
+            d_c = d_c * gate_f
+            tl.store(p_dcu + ((done + 1) % 2) * c_slot, d_c, mask=m_bu)
+            c = c_prev
 
-        arrivals += n_p
-        group_barrier(sync, arrivals, GRID_SYNC)
-
-        # Phase B: this program's columns of dL/dh_{t-1}, from every unit's gate gradients.
-        for j in tl.static_range(COL_TILES):
-            o_n = (i_p * COL_TILES + j) * BLOCK_N + tl.arange(0, BLOCK_N)
-            m_n = o_n < H_OUT
-            acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
-            # Names distinct from phase A's: triton 3.6 treats a name reassigned in a loop as loop-carried.
-            for v0 in range(0, HIDDEN, BLOCK_K):
-                o_v = v0 + tl.arange(0, BLOCK_K)
-                m_bv = m_b[:, None] & (o_v[None, :] < HIDDEN)
-                m_vn = (o_v[:, None] < HIDDEN) & m_n[None, :]
-                p_dgv = p_dg + step * g_slot + o_v[None, :]
-                p_w = w_hh + o_v[:, None] * H_OUT + o_n[None, :]
-                for q in tl.static_range(4):
-                    d_gate = tl.load(p_dgv + q * HIDDEN, mask=m_bv, other=0.0, cache_modifier=".cg")
-                    acc = dot_acc(d_gate, tl.load(p_w + q * HIDDEN * H_OUT, mask=m_vn, other=0.0), acc, True)
-            m_bn = m_b[:, None] & m_n[None, :]
-            if step > 0:
-                p_prev = p_dh + (step - 1) * h_slot + o_n[None, :]
-                tl.store(p_prev, tl.load(p_prev, mask=m_bn, other=0.0) + acc, mask=m_bn)
-            else:
-                p_h0 = d_h0_ptr + i_d * batch * H_OUT + o_b64[:, None] * H_OUT + o_n[None, :]
-                tl.store(p_h0, acc, mask=m_bn)
-
-        arrivals += n_p
-        group_barrier(sync, arrivals, GRID_SYNC)
-        step -= 1
-        it += 1
+            # This program's share of dL/dh_{t-1}: its gate gradients through its rows of W_hh, all columns.
+            d_gates = join_gates(da_i, da_f, da_g, da_o, BLOCK_B, BLOCK_U).to(w_dtype)
+            p_out = p_part + (step % 2) * partial_slot + i_p * program_stride
+            for j in tl.static_range(chunks):
+                o_cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
+                w_tile = w_chunks[j] if RESIDENT else _gate_rows_tile(w_hh, rows, rows_ok, j * BLOCK_K, BLOCK_K, H_OUT)
+                share = dot_acc(d_gates, w_tile, tl.zeros((BLOCK_B, BLOCK_K), dtype=acc_dtype), UPCAST, TF32)
+                tl.store(p_out + o_cols[None, :], share, mask=m_b[:, None] & (o_cols[None, :] < H_OUT))
+            arrive(sync, GRID_SYNC)
+            arrivals += n_p
+        done += 1

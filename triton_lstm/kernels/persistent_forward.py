@@ -1,45 +1,57 @@
 """Persistent forward kernel: one launch runs every time step of a layer, all directions at once.
 
-Grid (batch tiles, P, D). The P programs of a (batch tile, direction) group split the hidden units: each owns
-all four gate rows of its units, so the cell update fuses with the recurrent matmul. With HOIST_W (one unit
-tile per program, and all of H_out in one reduction chunk) a program loads its slice of W_hh once, before the
-time loop, and keeps it on chip; otherwise it streams W_hh in BLOCK_K chunks every step (from L2, where the
-group's slices stay resident). Every step needs all of h_{t-1}, so the group meets at a barrier after writing
-its slice of h_t. With a projection, each program then computes
-a column slice of h_t = W_hr (o * tanh(c_t)) from the whole of o * tanh(c_t), behind a second barrier.
+Grid (batch tiles, P, D). The P programs of a (batch tile, direction) group split the hidden units: each owns all
+four gate rows of BLOCK_U units and computes them with one product against a W_hh tile whose gate columns are
+interleaved (``gate_tiles``), so the cell update fuses with the recurrent matmul and c stays in registers. With
+RESIDENT the program loads its W_hh slice once, before the time loop, and keeps it on chip for the whole sequence
+(Triton holds a loop-invariant dot operand in shared memory); otherwise it streams it from L2 in BLOCK_K chunks
+every step. K_SPLIT > 1 splits the reduction over H_out across the warps (a batched product summed at the end):
+each warp then runs K_SPLIT times shorter chains of dependent MMAs, which at B <= 16 are latency-bound.
 
-Under the interpreter P = 1 and the program loops over all unit (and column) tiles instead: the same
-arithmetic, with barriers that pass at once. The state layout is the step launcher's (see ``launch.py``):
-hs and cs slot 0 hold h0 and c0, slot s + 1 the state after step s.
+Every step needs all of h_{t-1}, so the group meets at a grid barrier after writing its slice of h_t. With a
+projection each step has a second phase behind a second barrier: each program computes BLOCK_N columns of
+h_t = W_hr (o * tanh(c_t)) from the whole of o * tanh(c_t), with its W_hr slice resident too.
+
+The launch runs phases [phase_begin, phase_end) (one phase a step, two with a projection): the whole sequence in
+one launch, or one phase per launch, whose boundary is then the barrier (tests run several programs that way under
+the interpreter, where programs run one after another and a barrier between them cannot be waited for). The state
+layout is the step launcher's (see ``launch.py``): hs and cs slot 0 hold h0 and c0, slot s + 1 the state after
+step s (cs has two slots, used alternately, without SAVE).
 """
 
 import triton
 import triton.language as tl
 
+from triton_lstm.kernels.gate_tiles import gate_rows, load_gate_columns, load_rows, split_gates
 from triton_lstm.kernels.math import cell_forward, dot_acc, zero_unless
-from triton_lstm.kernels.sync import group_barrier
+from triton_lstm.kernels.sync import arrive, wait
 
 
 @triton.jit
-def _gate_weights(w_ptr, o_u, o_k, HIDDEN: tl.constexpr, H_OUT: tl.constexpr):
-    """W_hh^T tiles of the four gates for units o_u: tile q holds W_hh[q * H + u, k] at (k, u)."""
-    mask = (o_k[:, None] < H_OUT) & (o_u[None, :] < HIDDEN)
-    p_w = w_ptr + o_u[None, :] * H_OUT + o_k[:, None]
-    w_i = tl.load(p_w, mask=mask, other=0.0)
-    w_f = tl.load(p_w + HIDDEN * H_OUT, mask=mask, other=0.0)
-    w_g = tl.load(p_w + 2 * HIDDEN * H_OUT, mask=mask, other=0.0)
-    w_o = tl.load(p_w + 3 * HIDDEN * H_OUT, mask=mask, other=0.0)
-    return w_i, w_f, w_g, w_o
+def resident_product(p_rows, m_rows, w, acc, K_SIZE: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
+                     UPCAST: tl.constexpr, TF32: tl.constexpr):  # fmt: skip
+    """acc + rows @ w, w a resident tile from ``load_gate_columns`` (K_SPLIT chunks summed), the rows (BLOCK_B,) of
+    K_SIZE activations at p_rows."""
+    a = load_rows(p_rows, m_rows, 0, BLOCK_K, K_SPLIT, K_SIZE)
+    if K_SPLIT == 1:
+        acc = dot_acc(a, w, acc, UPCAST, TF32)
+    else:
+        zeros = tl.zeros((K_SPLIT, acc.shape[0], acc.shape[1]), dtype=acc.dtype)
+        acc += tl.sum(dot_acc(a, w, zeros, UPCAST, TF32), axis=0)
+    return acc
 
 
 @triton.jit
-def _projection_weights(w_ptr, o_n, o_u, HIDDEN: tl.constexpr, H_OUT: tl.constexpr):
-    """W_hr^T tile for output columns o_n: W_hr[n, u] at (u, n)."""
-    mask = (o_u[:, None] < HIDDEN) & (o_n[None, :] < H_OUT)
-    return tl.load(w_ptr + o_n[None, :] * HIDDEN + o_u[:, None], mask=mask, other=0.0)
+def streamed_product(p_rows, m_rows, w_ptr, cols, cols_ok, acc, K_SIZE: tl.constexpr, BLOCK_K: tl.constexpr,
+                     UPCAST: tl.constexpr, TF32: tl.constexpr):  # fmt: skip
+    """acc + rows @ W[cols, :]^T with W (row-major, K_SIZE columns) read from global memory in BLOCK_K chunks."""
+    for k0 in range(0, K_SIZE, BLOCK_K):
+        a = load_rows(p_rows, m_rows, k0, BLOCK_K, 1, K_SIZE)
+        acc = dot_acc(a, load_gate_columns(w_ptr, cols, cols_ok, k0, BLOCK_K, 1, K_SIZE), acc, UPCAST, TF32)
+    return acc
 
 
-@triton.jit(do_not_specialize=["seq_len"])
+@triton.jit(do_not_specialize=["phase_begin", "phase_end", "seq_len"])
 def lstm_persistent_forward_kernel(
     x_proj_ptr,  # (T, B, D * 4H): x @ W_ih^T of every step, both directions side by side
     bias_ptr,  # (D, 4H), accumulator dtype: b_ih + b_hh (only if HAS_BIAS)
@@ -47,10 +59,12 @@ def lstm_persistent_forward_kernel(
     w_hr_ptr,  # (D, H_OUT, H), contiguous (only if HAS_PROJ)
     hs_ptr,  # (T + 1, D, B, H_OUT): slot 0 holds h0 on entry; slot s + 1 gets h after step s
     unprojected_ptr,  # (D, B, H), input dtype: o * tanh(c) of the current step (only if HAS_PROJ)
-    cs_ptr,  # (T + 1 if SAVE else 2, D, B, H), accumulator dtype: slot 0 holds c0 on entry
+    cs_ptr,  # (T + 1 if SAVE else 2, D, B, H), accumulator dtype: the slot of phase_begin's step holds c on entry
     gates_ptr,  # (T, D, B, 4H), accumulator dtype: i, f, g, o after activation (only if SAVE)
     lengths_ptr,  # (B,) int32 (only if HAS_LENGTHS)
-    sync_ptr,  # (batch tiles * D,) int32, zero on entry: one arrival counter per group
+    sync_ptr,  # (batch tiles * D,) int32, zero on entry: one arrival counter per group (only if GRID_SYNC)
+    phase_begin,
+    phase_end,
     seq_len,
     batch,
     stride_xp_t,
@@ -60,16 +74,17 @@ def lstm_persistent_forward_kernel(
     HAS_BIAS: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     HAS_LENGTHS: tl.constexpr,
-    GRID_SYNC: tl.constexpr,  # more than one program per group: meet at the counter, not only the block barrier
     SAVE: tl.constexpr,
+    GRID_SYNC: tl.constexpr,  # more than one program per group: meet at the counter, not only the block barrier
     UPCAST: tl.constexpr,
+    TF32: tl.constexpr,
     BLOCK_B: tl.constexpr,
-    BLOCK_U: tl.constexpr,
-    UNIT_TILES: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    COL_TILES: tl.constexpr,
-    BLOCK_K: tl.constexpr,  # reduction chunk over H_OUT (gates) and H (projection)
-    HOIST_W: tl.constexpr,  # UNIT_TILES == 1 and H_OUT <= BLOCK_K: W_hh slice loaded once
+    BLOCK_U: tl.constexpr,  # hidden units per program
+    BLOCK_N: tl.constexpr,  # projection columns per program (only if HAS_PROJ)
+    BLOCK_K: tl.constexpr,  # reduction over H_out: all of it padded to a power of two if RESIDENT, else the chunk
+    BLOCK_M: tl.constexpr,  # reduction of the projection over H, padded to a power of two (RESIDENT and HAS_PROJ)
+    K_SPLIT: tl.constexpr,  # reduction chunks spread over warps (RESIDENT only)
+    RESIDENT: tl.constexpr,
 ):
     i_b = tl.program_id(0)
     i_p = tl.program_id(1)
@@ -84,102 +99,112 @@ def lstm_persistent_forward_kernel(
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < batch
     o_b64 = o_b.to(tl.int64)
+    u0 = i_p * BLOCK_U
+    o_u = u0 + tl.arange(0, BLOCK_U)
+    m_u = o_u < HIDDEN
+    m_bu = m_b[:, None] & m_u[None, :]
     # Contiguous state buffers: (slot, D, B, N) with N = H_OUT, H or 4H.
     hs_slot = n_d.to(tl.int64) * batch * H_OUT
     cs_slot = n_d.to(tl.int64) * batch * HIDDEN
     gates_slot = n_d.to(tl.int64) * batch * (4 * HIDDEN)
-    p_hs = hs_ptr + i_d * batch * H_OUT + o_b64[:, None] * H_OUT
-    p_cs = cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN
-    p_gates = gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN)
-    p_xp = x_proj_ptr + o_b64[:, None] * stride_xp_b + i_d * (4 * HIDDEN)
+    p_hs = hs_ptr + i_d * batch * H_OUT + o_b64 * H_OUT  # (BLOCK_B,) rows of slot 0
+    p_cs = cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
+    p_gates = gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
+    p_xp = x_proj_ptr + o_b64[:, None] * stride_xp_b + i_d * (4 * HIDDEN) + o_u[None, :]
+    p_m = unprojected_ptr + i_d * batch * HIDDEN + o_b64 * HIDDEN  # (BLOCK_B,) rows
     w_hh = w_hh_ptr + i_d.to(tl.int64) * (4 * HIDDEN * H_OUT)
     w_hr = w_hr_ptr + i_d.to(tl.int64) * (H_OUT * HIDDEN)
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + o_b, mask=m_b, other=0)
 
-    if HOIST_W:
-        w_i0, w_f0, w_g0, w_o0 = _gate_weights(
-            w_hh, i_p * BLOCK_U + tl.arange(0, BLOCK_U), tl.arange(0, BLOCK_K), HIDDEN, H_OUT
-        )
+    rows, rows_ok = gate_rows(u0, BLOCK_U, HIDDEN)
+    if RESIDENT:
+        w_gates = load_gate_columns(w_hh, rows, rows_ok, 0, BLOCK_K, K_SPLIT, H_OUT)
+    if HAS_BIAS:
+        p_bias = bias_ptr + i_d * (4 * HIDDEN) + o_u
+        bias_i = tl.load(p_bias, mask=m_u, other=0.0)[None, :]
+        bias_f = tl.load(p_bias + HIDDEN, mask=m_u, other=0.0)[None, :]
+        bias_g = tl.load(p_bias + 2 * HIDDEN, mask=m_u, other=0.0)[None, :]
+        bias_o = tl.load(p_bias + 3 * HIDDEN, mask=m_u, other=0.0)[None, :]
+    if HAS_PROJ:
+        # W_hr^T columns of this program's projection outputs: element (m, n) is W_hr[n, m].
+        o_n = i_p * BLOCK_N + tl.arange(0, BLOCK_N)
+        m_n = o_n < H_OUT
+        if RESIDENT:
+            w_proj = load_gate_columns(w_hr, o_n.to(tl.int64), m_n, 0, BLOCK_M, 1, HIDDEN)
 
+    # One iteration a step; each of its phases runs when its index is in [phase_begin, phase_end).
+    phases: tl.constexpr = 2 if HAS_PROJ else 1
+    step = phase_begin // phases
+    c = tl.load(p_cs + (step if SAVE else step % 2) * cs_slot, mask=m_bu, other=0.0)
     arrivals = 0
-    step = 0
-    while step < seq_len:
-        if HAS_LENGTHS:
-            active = (step < length)[:, None]
-            t = tl.where(i_d == 0, step, length - 1 - step)[:, None]
-        else:
-            active = True
-            t = step + i_d * (seq_len - 1 - 2 * step)
-        c_in = step if SAVE else step % 2
-        c_out = step + 1 if SAVE else (step + 1) % 2
-        for j in tl.static_range(UNIT_TILES):
-            o_u = (i_p * UNIT_TILES + j) * BLOCK_U + tl.arange(0, BLOCK_U)
-            m_u = o_u < HIDDEN
-            m_bu = m_b[:, None] & m_u[None, :]
-            acc_i = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
-            acc_f = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
-            acc_g = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
-            acc_o = tl.zeros((BLOCK_B, BLOCK_U), dtype=acc_dtype)
-            for k0 in range(0, H_OUT, BLOCK_K):
-                o_k = k0 + tl.arange(0, BLOCK_K)
-                # Other programs wrote parts of h_{t-1}: bypass L1 (".cg"), which the barrier's acquire invalidated.
-                m_bk = m_b[:, None] & (o_k[None, :] < H_OUT)
-                h_prev = tl.load(p_hs + step * hs_slot + o_k[None, :], mask=m_bk, other=0.0, cache_modifier=".cg")
-                if HOIST_W:
-                    w_i, w_f, w_g, w_o = w_i0, w_f0, w_g0, w_o0
-                else:
-                    w_i, w_f, w_g, w_o = _gate_weights(w_hh, o_u, o_k, HIDDEN, H_OUT)
-                acc_i = dot_acc(h_prev, w_i, acc_i, UPCAST)
-                acc_f = dot_acc(h_prev, w_f, acc_f, UPCAST)
-                acc_g = dot_acc(h_prev, w_g, acc_g, UPCAST)
-                acc_o = dot_acc(h_prev, w_o, acc_o, UPCAST)
-            m_xp = m_bu & active
-            p_x = p_xp + t.to(tl.int64) * stride_xp_t + o_u[None, :]
-            acc_i += tl.load(p_x, mask=m_xp, other=0.0).to(acc_dtype)
-            acc_f += tl.load(p_x + HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
-            acc_g += tl.load(p_x + 2 * HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
-            acc_o += tl.load(p_x + 3 * HIDDEN, mask=m_xp, other=0.0).to(acc_dtype)
+    while step * phases < phase_end:
+        if step * phases >= phase_begin:
+            # Gates of this program's units. x @ W_ih^T is this program's own input: loaded before the wait.
+            if HAS_LENGTHS:
+                active = (step < length)[:, None]
+                t = tl.where(i_d == 0, step, length - 1 - step)[:, None]
+            else:
+                active = True
+                t = step + i_d * (seq_len - 1 - 2 * step)
+            p_x = p_xp + t.to(tl.int64) * stride_xp_t
+            m_x = m_bu & active
+            x_i = tl.load(p_x, mask=m_x, other=0.0).to(acc_dtype)
+            x_f = tl.load(p_x + HIDDEN, mask=m_x, other=0.0).to(acc_dtype)
+            x_g = tl.load(p_x + 2 * HIDDEN, mask=m_x, other=0.0).to(acc_dtype)
+            x_o = tl.load(p_x + 3 * HIDDEN, mask=m_x, other=0.0).to(acc_dtype)
+            wait(sync, arrivals, GRID_SYNC)
+
+            acc = tl.zeros((BLOCK_B, 4 * BLOCK_U), dtype=acc_dtype)
+            if RESIDENT:
+                acc = resident_product(p_hs + step * hs_slot, m_b, w_gates, acc, H_OUT, BLOCK_K, K_SPLIT, UPCAST, TF32)
+            else:
+                acc = streamed_product(p_hs + step * hs_slot, m_b, w_hh, rows, rows_ok, acc, H_OUT, BLOCK_K, UPCAST,
+                                       TF32)  # fmt: skip
+            acc_i, acc_f, acc_g, acc_o = split_gates(acc, BLOCK_B, BLOCK_U)
+            acc_i += x_i
+            acc_f += x_f
+            acc_g += x_g
+            acc_o += x_o
             if HAS_BIAS:
-                p_bias = bias_ptr + i_d * (4 * HIDDEN) + o_u
-                acc_i += tl.load(p_bias, mask=m_u, other=0.0)[None, :]
-                acc_f += tl.load(p_bias + HIDDEN, mask=m_u, other=0.0)[None, :]
-                acc_g += tl.load(p_bias + 2 * HIDDEN, mask=m_u, other=0.0)[None, :]
-                acc_o += tl.load(p_bias + 3 * HIDDEN, mask=m_u, other=0.0)[None, :]
-            c_prev = tl.load(p_cs + c_in * cs_slot + o_u[None, :], mask=m_bu, other=0.0)
+                acc_i += bias_i
+                acc_f += bias_f
+                acc_g += bias_g
+                acc_o += bias_o
+            c_prev = c
             gate_i, gate_f, gate_g, gate_o, c, h = cell_forward(acc_i, acc_f, acc_g, acc_o, c_prev)
             if HAS_LENGTHS:
                 # A finished row keeps its cell state and saves zero gates (see the step kernel).
                 c = tl.where(active, c, c_prev)
                 gate_i, gate_f, gate_g, gate_o = zero_unless(active, gate_i, gate_f, gate_g, gate_o)
-            tl.store(p_cs + c_out * cs_slot + o_u[None, :], c, mask=m_bu)
+            tl.store(p_cs + (step + 1 if SAVE else (step + 1) % 2) * cs_slot, c, mask=m_bu)
             if SAVE:
-                p_g = p_gates + step * gates_slot + o_u[None, :]
+                p_g = p_gates + step * gates_slot
                 tl.store(p_g, gate_i, mask=m_bu)
                 tl.store(p_g + HIDDEN, gate_f, mask=m_bu)
                 tl.store(p_g + 2 * HIDDEN, gate_g, mask=m_bu)
                 tl.store(p_g + 3 * HIDDEN, gate_o, mask=m_bu)
             if HAS_PROJ:
-                p_m = unprojected_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
-                tl.store(p_m, h.to(h_dtype), mask=m_bu)
+                tl.store(p_m[:, None] + o_u[None, :], h.to(h_dtype), mask=m_bu)
             else:
-                tl.store(p_hs + (step + 1) * hs_slot + o_u[None, :], h.to(h_dtype), mask=m_bu)
-
-        if HAS_PROJ:
+                tl.store(p_hs[:, None] + (step + 1) * hs_slot + o_u[None, :], h.to(h_dtype), mask=m_bu)
+            arrive(sync, GRID_SYNC)
             arrivals += n_p
-            group_barrier(sync, arrivals, GRID_SYNC)
-            p_m = unprojected_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN
-            for j in tl.static_range(COL_TILES):
-                o_n = (i_p * COL_TILES + j) * BLOCK_N + tl.arange(0, BLOCK_N)
-                h = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
-                for u0 in range(0, HIDDEN, BLOCK_K):
-                    o_m = u0 + tl.arange(0, BLOCK_K)
-                    m_bm = m_b[:, None] & (o_m[None, :] < HIDDEN)
-                    unprojected = tl.load(p_m + o_m[None, :], mask=m_bm, other=0.0, cache_modifier=".cg")
-                    h = dot_acc(unprojected, _projection_weights(w_hr, o_n, o_m, HIDDEN, H_OUT), h, UPCAST)
-                m_bn = m_b[:, None] & (o_n[None, :] < H_OUT)
-                tl.store(p_hs + (step + 1) * hs_slot + o_n[None, :], h.to(h_dtype), mask=m_bn)
-
-        arrivals += n_p
-        group_barrier(sync, arrivals, GRID_SYNC)
+        # A static if around the runtime one: Triton would compile the body of a combined condition even without a
+        # projection, where its names do not exist.
+        if HAS_PROJ:  # noqa: SIM102
+            if step * 2 + 1 < phase_end:
+                # Projection: this program's columns of h_t from every unit's o * tanh(c_t).
+                wait(sync, arrivals, GRID_SYNC)
+                h_cols = tl.zeros((BLOCK_B, BLOCK_N), dtype=acc_dtype)
+                if RESIDENT:
+                    h_cols = resident_product(p_m, m_b, w_proj, h_cols, HIDDEN, BLOCK_M, 1, UPCAST, TF32)
+                else:
+                    h_cols = streamed_product(
+                        p_m, m_b, w_hr, o_n.to(tl.int64), m_n, h_cols, HIDDEN, BLOCK_K, UPCAST, TF32
+                    )
+                m_bn = m_b[:, None] & m_n[None, :]
+                tl.store(p_hs[:, None] + (step + 1) * hs_slot + o_n[None, :], h_cols.to(h_dtype), mask=m_bn)
+                arrive(sync, GRID_SYNC)
+                arrivals += n_p
         step += 1
