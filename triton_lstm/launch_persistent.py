@@ -16,15 +16,17 @@ from triton_lstm import launch, precision, tuning
 
 # Reduction chunk when W_hh is streamed from L2, by element size: fp16 at H = 1024 took 13.0 us a step with 256,
 # 15.5 with 128, 18.8 with 64; float32 81.7 (256), 83.7 (128), 85.9 (64), but at 256 its tiles need more shared
-# memory than a block may have (H200, python -m bench.persistent_tiles, bench/results/h200-issue4/run2-tiles.csv).
-STREAM_K = {2: 256, 4: 128, 8: 64}
+# memory than a block may have (H200, python -m bench.persistent_tiles, bench/results/h200-issue4/run2-tiles.csv,
+# with the kernels of that time). float64 (untimed): 32, as 64 spills 4 bytes on sm_80 with triton 3.6 (aot report,
+# H = 1024 with a projection).
+STREAM_K = {2: 256, 4: 128, 8: 32}
 # The activations a program loads each step from other programs (forward: h_{t-1}, BLOCK_B x H_out in the input
 # dtype; backward: the partial products of its units, BLOCK_B x H in fp32, all loads issued before the first add) are
 # held in registers: at most this many bytes per thread (64 registers), so that the rest of the step has room. The
-# warps of a program follow from it (4, 8 or 16), and the batch tile is capped where 8 (forward) or 16 warps would
-# not do.
+# warps of a program follow from it (4 or 8), and the batch tile is capped where 8 warps would not do. (16 warps
+# leave 128 registers a thread: the fp64 backward at H = 1024 then spills 132 bytes on sm_80, aot report.)
 TILE_BYTES_PER_THREAD = 256
-WARPS = (4, 8, 16)
+WARPS = (4, 8)
 # Shared memory a block keeps besides the named tiles (allocation alignment); Triton's layout conversions reuse the
 # activation tile's space once the product has read it (aot report: 98,304 bytes for H = 1024 fp16 with 8 units a
 # program, exactly the W_hh slice and the h tile).
@@ -129,12 +131,15 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         return Plan(block_b=16, block_u=units, block_n=_pow2(h_out), block_k=min(k_pad, 64) if backward else k_pad,
                     block_m=h_pad, k_split=2 if k_pad >= 32 else 1, resident=True, programs=1,
                     batch_tiles=triton.cdiv(batch, 16), num_warps=4)  # fmt: skip
-    # Bytes a program loads from the others each step, per batch row: h_{t-1}, or the partial products (or with a
-    # projection the summed dL/dh) in the accumulator dtype.
+    # Bytes a program loads from the others each step, per batch row: h_{t-1} (and o * tanh(c_t) with a projection),
+    # or the partial products (with a projection the summed dL/dh) in the accumulator dtype.
     accumulator = 8 if dtype == torch.float64 else 4
-    row_bytes = (h_out if projected else hidden) * accumulator if backward else k_pad * element
+    if backward:
+        row_bytes = (h_out if projected else hidden) * accumulator
+    else:
+        row_bytes = (max(k_pad, h_pad) if projected else k_pad) * element
     # Batch rows per program: as many as the batch has, while those loads fit the registers of the most warps.
-    most = TILE_BYTES_PER_THREAD * 32 * (WARPS[-1] if backward else 8)
+    most = TILE_BYTES_PER_THREAD * 32 * WARPS[-1]
     block_b = min(_pow2(batch), max(16, 1 << (most // row_bytes).bit_length() - 1))
     batch_tiles = triton.cdiv(batch, block_b)
     # Units per program: the fewest that let every program be resident at once, so that each program's share of the

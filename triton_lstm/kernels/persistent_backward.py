@@ -191,7 +191,15 @@ def lstm_persistent_backward_kernel(
             c = c_prev
 
             # This program's share of dL/dh_{t-1}: its gate gradients through its rows of W_hh, all columns.
-            d_gates = join_gates(da_i, da_f, da_g, da_o, BLOCK_B, BLOCK_U).to(w_dtype)
+            if acc_dtype == tl.float64:
+                # Triton 3.6 cannot feed a reshaped fp64 tensor to an MMA ("fp64 don't support largeK MMA"): read
+                # the interleaved gate gradients back from the stores above (this program's own, after a barrier).
+                tl.debug_barrier()
+                p_interleaved = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + rows[None, :]
+                d_gates = tl.load(p_interleaved + step * g_slot, mask=m_b[:, None] & rows_ok[None, :], other=0.0,
+                                  cache_modifier=".cg")  # fmt: skip
+            else:
+                d_gates = join_gates(da_i, da_f, da_g, da_o, BLOCK_B, BLOCK_U).to(w_dtype)
             p_out = p_part + (step % 2) * partial_slot + i_p * program_stride
             for j in tl.static_range(chunks):
                 o_cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
