@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.environment import float32_matmul_precision
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -114,7 +116,7 @@ def measure_peaks(device: torch.device, dtypes: list[str]) -> HardwarePeaks:
         dtype = getattr(torch, name)
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        with _tf32_allowed(name == "float32"):
+        with float32_matmul_precision(True) if name == "float32" else contextlib.nullcontext():
             timing, _ = measure(lambda a=a, b=b: a @ b, device, target_s=0.2, max_reps=20)
         matmul[name] = 2 * size**3 / (timing.median_ms * 1e-3)
         del a, b
@@ -124,13 +126,3 @@ def measure_peaks(device: torch.device, dtypes: list[str]) -> HardwarePeaks:
     timing, _ = measure(lambda: dst.copy_(src), device, target_s=0.2, max_reps=20)
     bandwidth = 2 * src.nbytes / (timing.median_ms * 1e-3)  # every byte is read once and written once
     return HardwarePeaks(matmul, bandwidth)
-
-
-@contextlib.contextmanager
-def _tf32_allowed(allowed: bool):
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allowed or saved
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
