@@ -259,7 +259,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--out", help="CSV to write (one row per distinct grid)")
-    parser.add_argument("--reps", type=int, default=REPS, help="timed launches per length")
+    parser.add_argument("--reps", type=int, help=f"timed launches per length (default {REPS} on a GPU, 1 on the CPU)")
     parser.add_argument("--compile-only", action="store_true", help="run each grid once (fills Triton's cache)")
     parser.add_argument("--aot", type=int, metavar="ARCH", help="compile every variant for sm_ARCH and exit")
     args = parser.parse_args(argv)
@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     on_gpu = device.type == "cuda"
     steps = STEPS if on_gpu else INTERPRETER_STEPS
     check_steps = CHECK_STEPS if on_gpu else INTERPRETER_STEPS[0]
+    reps = args.reps or (REPS if on_gpu else 1)
     if args.compile_only:
         for grid in grids:
             if isinstance(grid, FloorGrid):
@@ -309,8 +310,8 @@ def main(argv=None) -> int:
                 try:
                     run = FloorRun(grid, device)
                     row["check"] = run.check(check_steps)
-                    row["barrier_us"] = f"{run.us_per_step(False, steps, args.reps):.4g}"
-                    row["barrier_h_us"] = f"{run.us_per_step(True, steps, args.reps):.4g}"
+                    row["barrier_us"] = f"{run.us_per_step(False, steps, reps):.4g}"
+                    row["barrier_h_us"] = f"{run.us_per_step(True, steps, reps):.4g}"
                     row["status"] = "ok" if row["check"] == "ok" else "error"
                 except Exception as error:
                     row.update(status="error", reason=" ".join(f"{type(error).__name__}: {error}".split())[:300])
