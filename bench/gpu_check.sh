@@ -91,7 +91,15 @@ if compgen -G "bench/wheels/*.whl" >/dev/null; then
 else
     echo "no bench/wheels/*.whl: providers that need them are skipped" | tee -a "$OUT/gpu.txt"
 fi
-python3 -m bench $SWEEP_ARGS --list >>"$OUT/gpu.txt" 2>&1
+# FlashRNN builds its CUDA code against cuBLAS (and torch's CUDA headers): where the toolkit lacks those headers and
+# unversioned libraries, point its build at pip's nvidia packages (bench/cuda_paths.py).
+python3 -m bench.cuda_paths "$WORK/lib" >"$WORK/cuda_paths.sh" 2>>"$OUT/sweep.log"
+cat "$WORK/cuda_paths.sh" >>"$OUT/gpu.txt"
+# shellcheck disable=SC1091
+. "$WORK/cuda_paths.sh"
+# Providers (available, or why not), configurations, time estimate: appended to gpu.txt at the end.
+# shellcheck disable=SC2086
+python3 -m bench $SWEEP_ARGS --list >"$WORK/list.txt" 2>&1 &
 
 # Phase 1.
 if [ "$CONFORMANCE_LIMIT" -gt 0 ]; then
@@ -151,6 +159,10 @@ step report "$REPORT_LIMIT" "$OUT/sweep.log" \
 for log in "$WORK"/*.log; do
     { echo "=== last lines of $(basename "$log")"; tail -n 8 "$log"; } >>"$OUT/sweep.log"
 done
+{
+    echo "=== python -m bench $SWEEP_ARGS --list"
+    cat "$WORK/list.txt"
+} >>"$OUT/gpu.txt"
 {
     echo "=== providers and configurations built in phase 1 (markers)"
     find "$BENCH_WARM_DIR" -type f 2>/dev/null | sed "s|$BENCH_WARM_DIR/||" | sort

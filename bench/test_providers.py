@@ -166,3 +166,22 @@ def test_list_shows_every_provider(capsys, monkeypatch):
     assert "flashrnn           SKIPPED: flashrnn is not installed" in text
     assert "preset quick: 20 configurations" in text and "estimated timed phase" in text
     assert providers.provider_names()[0] == "torch" and providers.provider_names()[-1] == "naive"
+
+
+def test_cuda_paths_for_a_toolkit_without_cublas_headers(tmp_path):
+    from bench.cuda_paths import exports
+
+    # pip's CUDA 13 packages: headers and versioned libraries under nvidia/cu13/.
+    root = tmp_path / "site" / "nvidia"
+    (root / "cu13" / "include").mkdir(parents=True)
+    (root / "cu13" / "include" / "cublas_v2.h").touch()
+    (root / "cu13" / "lib").mkdir()
+    (root / "cu13" / "lib" / "libcublas.so.13").touch()
+    toolkit = tmp_path / "cuda"
+    (toolkit / "include").mkdir(parents=True)
+    lines = exports(tmp_path / "lib", str(toolkit), [root])
+    assert lines[0] == f"export FLASHRNN_EXTRA_INCLUDE_PATHS='{root}/cu13/include'"
+    assert lines[1].startswith(f"export LIBRARY_PATH='{tmp_path}/lib:{root}/cu13/lib'")
+    assert (tmp_path / "lib" / "libcublas.so").resolve() == root / "cu13" / "lib" / "libcublas.so.13"
+    (toolkit / "include" / "cublas_v2.h").touch()
+    assert exports(tmp_path / "lib", str(toolkit), [root])[0].startswith("#")  # a full toolkit: nothing to add
