@@ -2,6 +2,7 @@
 versions, git commit, time) that every record carries.
 """
 
+import contextlib
 import datetime
 import os
 import platform
@@ -99,3 +100,33 @@ def describe_machine(device: torch.device) -> Machine:
         env=triton_environment(),
         note=note,
     )
+
+
+@contextlib.contextmanager
+def float32_matmul_precision(tf32: bool):
+    """Allow TF32 in float32 matrix products (``tf32``) or forbid it, for cuDNN's RNNs and for cuBLAS matmuls, as
+    torch's flags say it; restored on exit.
+
+    torch 2.9 and later: ``torch.backends.cudnn.rnn.fp32_precision`` and ``torch.backends.cuda.matmul.
+    fp32_precision`` ("tf32" or "ieee"; mixing them with the legacy ``allow_tf32`` flags raises). Older torch: the
+    ``allow_tf32`` flags. triton_lstm's kernels follow cuDNN's RNN flag (the flag torch.nn.LSTM follows), the
+    compiled and naive loops cuBLAS's, FlashRNN's alternating kernel cuBLAS's through torch's handle.
+    """
+    value = "tf32" if tf32 else "ieee"
+    rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    if rnn is not None:
+        saved = (torch.backends.cudnn.rnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+        torch.backends.cudnn.rnn.fp32_precision = value
+        torch.backends.cuda.matmul.fp32_precision = value
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.rnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -3,11 +3,13 @@
 import csv
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions this code reads: 1 lacked fp32_precision, variant and reason (read as empty).
+READABLE_VERSIONS = (1, 2)
 
 # Column -> meaning. The order is the file's; bench/README.md documents the same columns.
 COLUMNS = {
-    "schema_version": "version of this schema (1)",
+    "schema_version": "version of this schema (2; files of version 1 are read with the new columns empty)",
     "timestamp": "UTC time the sweep started (ISO 8601)",
     "device": "GPU name, or the CPU",
     "device_type": "cuda or cpu",
@@ -26,12 +28,15 @@ COLUMNS = {
     "num_layers": "stacked layers",
     "bidirectional": "True or False",
     "proj_size": "P (0: no projection)",
-    "dtype": "float16, bfloat16 or float32",
+    "dtype": "float16, bfloat16, float32 or float64",
+    "fp32_precision": "float32 rows: tf32 (TF32 allowed) or ieee, as torch's flags were set around every call",
     "packed": "True: PackedSequence input with unequal lengths; False: padded",
-    "provider": "torch, naive, or triton_<kernel>",
+    "provider": "torch, triton_<kernel>, compiled_cell, flashrnn or naive (bench/providers.py)",
+    "variant": "what the provider ran: cudnn, the kernel auto chose, the torch.compile or FlashRNN backend",
     "mode": "forward (inference, no_grad) or forward_backward (gradients of input and weights)",
-    "status": "ok, error (see error) or skipped (time budget spent)",
+    "status": "ok, error (see error) or skipped (see reason)",
     "error": "the exception, as 'Type: message', when status is error",
+    "reason": "why the row was skipped: provider not installed, configuration unsupported, time budget spent",
     "reps": "timed repetitions",
     "median_ms": "median time of one call",
     "p20_ms": "20th percentile",
@@ -89,19 +94,68 @@ def _format(value):
 
 
 def read_results(path: Path) -> list[dict[str, str]]:
-    """Every row of a sweep's CSV, as strings; raises ValueError for a file of another schema."""
+    """Every row of a sweep's CSV, as strings with every column of this schema (those an older version lacked are
+    empty); raises ValueError for a file of another schema."""
     with Path(path).open(newline="") as file:
         reader = csv.DictReader(file)
         rows = list(reader)
     if "schema_version" not in (reader.fieldnames or ()):
         raise ValueError(f"{path}: not a sweep CSV (no schema_version column)")
     versions = {row["schema_version"] for row in rows}
-    if versions - {str(SCHEMA_VERSION)}:
-        raise ValueError(f"{path}: schema version(s) {sorted(versions)}, this code reads {SCHEMA_VERSION}")
-    return rows
+    if versions - {str(version) for version in READABLE_VERSIONS}:
+        raise ValueError(f"{path}: schema version(s) {sorted(versions)}, this code reads {READABLE_VERSIONS}")
+    return [{column: row.get(column) or "" for column in COLUMNS} for row in rows]
+
+
+def merge_results(paths) -> list[dict[str, str]]:
+    """The rows of several sweeps' CSVs in order; where two files hold the same (config, provider, mode), the row
+    of the later file replaces the earlier one in place (e.g. a rerun of one provider after the full sweep)."""
+    merged: dict[tuple[str, str, str], dict[str, str]] = {}
+    for path in paths:
+        for row in read_results(path):
+            merged[(row["config"], row["provider"], row["mode"])] = row
+    return list(merged.values())
 
 
 def number(row: dict[str, str], column: str) -> float | None:
     """A numeric cell as a float, None when empty."""
     value = row.get(column, "")
     return float(value) if value not in ("", None) else None
+
+
+# The step-latency floor's CSV (``python -m bench.floor``): one row per distinct grid, joined to sweep rows by key.
+FLOOR_COLUMNS = (
+    "device", "torch_version", "triton_version", "git_commit", "timestamp", "note", "key", "dtype", "hidden_size",
+    "h_out", "batch", "directions", "batch_tiles", "programs", "block_b", "block_u", "block_k", "steps_short",
+    "steps_long", "barrier_us", "barrier_h_us", "check", "status", "reason",
+)  # fmt: skip
+
+
+def floor_key(dtype: str, hidden: int, h_out: int, batch: int, directions: int) -> str:
+    """What the floor of a configuration depends on (its grid and the width of h): the join key with sweep rows."""
+    return f"{dtype}-H{hidden}-O{h_out}-B{batch}-D{directions}"
+
+
+def row_floor_key(row: dict[str, str]) -> str:
+    """``floor_key`` of a sweep CSV row."""
+    hidden = int(row["hidden_size"])
+    h_out = int(row["proj_size"] or 0) or hidden
+    directions = 2 if row["bidirectional"] == "True" else 1
+    return floor_key(row["dtype"], hidden, h_out, int(row["batch"]), directions)
+
+
+def read_floor(path: Path) -> dict[str, dict[str, str]]:
+    """A floor CSV's rows by ``key``."""
+    with Path(path).open(newline="") as file:
+        return {row["key"]: row for row in csv.DictReader(file)}
+
+
+def latency_floor_ms(row: dict[str, str], floors: dict[str, dict[str, str]]) -> float | None:
+    """The step-latency floor of a sweep row in ms, or None without a measured floor for its grid: layers x T x the
+    barrier + h broadcast time of one step (``barrier_h_us``), twice that for forward and backward (the backward
+    recurrence needs at least one more barrier and broadcast a step). See ``bench.floor``."""
+    floor = floors.get(row_floor_key(row))
+    if floor is None or floor.get("status") != "ok" or not floor.get("barrier_h_us"):
+        return None
+    per_step_us = float(floor["barrier_h_us"]) * (2 if row["mode"] == "forward_backward" else 1)
+    return int(row["num_layers"]) * int(row["seq_len"]) * per_step_us * 1e-3

@@ -11,9 +11,17 @@ import pytest
 import torch
 
 from bench.configs import pytest_configs
-from bench.environment import bench_device
+from bench.environment import bench_device, float32_matmul_precision
 from bench.flops import MODES, flops
-from bench.providers import Workload, build_provider, make_call, make_reference, output_data, provider_names
+from bench.providers import (
+    Workload,
+    build_provider,
+    make_call,
+    make_reference,
+    output_data,
+    provider_names,
+    skip_reason,
+)
 from bench.timing import synchronize
 
 ON_GPU = bench_device().type == "cuda"
@@ -24,10 +32,19 @@ ROUNDS = 20 if ON_GPU else 3
 @pytest.mark.parametrize("provider", provider_names())
 @pytest.mark.parametrize("config", pytest_configs(ON_GPU), ids=lambda config: config.id)
 def test_lstm(benchmark, config, provider, mode, device, machine):
+    reason = skip_reason(provider, config, device)
+    if reason:
+        pytest.skip(reason)
+    with float32_matmul_precision(config.tf32):
+        _record(benchmark, config, provider, mode, device, machine)
+
+
+def _record(benchmark, config, provider, mode, device, machine):
     reference = make_reference(config, device)
     workload = Workload.draw(config, device)
     expected = make_call(reference, workload, "forward")()
-    call = make_call(build_provider(provider, reference), workload, mode)
+    module = build_provider(provider, reference, config, device)
+    call = make_call(module, workload, mode)
 
     def timed():
         call()
@@ -43,6 +60,7 @@ def test_lstm(benchmark, config, provider, mode, device, machine):
         config=config.as_dict(),
         config_id=config.id,
         provider=provider,
+        variant=getattr(module, "variant", ""),
         mode=mode,
         max_abs_err=(output.float() - expected.float()).abs().max().item(),
     )

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.environment import float32_matmul_precision
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -109,28 +111,19 @@ def measure_peaks(device: torch.device, dtypes: list[str]) -> HardwarePeaks:
     """
     on_gpu = device.type == "cuda"
     size = 8192 if on_gpu else 256
+    target_s = 0.2 if on_gpu else 0.02
     matmul = {}
     for name in dtypes:
         dtype = getattr(torch, name)
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
-        with _tf32_allowed(name == "float32"):
-            timing, _ = measure(lambda a=a, b=b: a @ b, device, target_s=0.2, max_reps=20)
+        with float32_matmul_precision(True) if name == "float32" else contextlib.nullcontext():
+            timing, _ = measure(lambda a=a, b=b: a @ b, device, target_s=target_s, max_reps=20)
         matmul[name] = 2 * size**3 / (timing.median_ms * 1e-3)
         del a, b
     elements = (2**30 if on_gpu else 2**24) // 4
     src = torch.randn(elements, device=device)
     dst = torch.empty_like(src)
-    timing, _ = measure(lambda: dst.copy_(src), device, target_s=0.2, max_reps=20)
+    timing, _ = measure(lambda: dst.copy_(src), device, target_s=target_s, max_reps=20)
     bandwidth = 2 * src.nbytes / (timing.median_ms * 1e-3)  # every byte is read once and written once
     return HardwarePeaks(matmul, bandwidth)
-
-
-@contextlib.contextmanager
-def _tf32_allowed(allowed: bool):
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allowed or saved
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
