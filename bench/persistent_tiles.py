@@ -1,19 +1,22 @@
-"""``python -m bench.persistent_tiles``: time the persistent kernels over tile shapes and warps.
+"""``python -m bench.persistent_tiles``: time the persistent kernels over their tilings.
 
-The launcher's plan (``triton_lstm.launch_persistent.plan``) picks one tiling per size from ahead-of-time resource
-reports; this measures the alternatives on a GPU, so that the plan's choices rest on timings. For every case
-(dtype, H, B) and every candidate tiling it writes one CSV row: the tiles, whether W_hh is held on chip
-(hoist_w), the grid, and for the forward and the backward kernel (the backward streams W_hh in its own chunks,
-``launch_persistent.backward_chunk``) the median time per call and per step and the largest difference from the
-per-step kernel's result on the same input (the output; the input gradient).
+The launcher's plan (``triton_lstm.launch_persistent.plan``) picks one tiling per size and pass from the device's
+SM count and shared memory, with choices checked by the ahead-of-time resource report (``python -m
+triton_lstm.aot``) but, where this file's results are not cited, not timed. This measures the alternatives around
+the plan on a GPU: units per program (and so programs), W_hh resident or streamed, the forward's reduction split over
+warps, and warps. For every case (dtype, H, B) and every candidate it writes one CSV row per pass: the tiling, the
+median time per call and per step, and the largest difference from the per-step kernel's result on the same input
+(the output; the input gradient).
 
 ``--compile-only`` runs each candidate once on a short sequence (filling Triton's on-disk cache, no timing);
 ``--shard I/N`` takes every N-th candidate from the I-th, so that several processes compile in parallel. Without
-a GPU, candidates run with one program per group through the interpreter: a check of the script, not a timing.
+a GPU the planned tilings run with one program per group through the interpreter: a check of the script, not a
+timing.
 """
 
 import argparse
 import csv
+import dataclasses
 import itertools
 import os
 import statistics
@@ -29,13 +32,14 @@ from bench.sweep import _dtypes, _ints
 # Imports triton (and so triton_lstm) only inside functions: the interpreter switch must come first.
 
 COLUMNS = (
-    "device", "triton_version", "git_commit", "dtype", "hidden_size", "batch", "seq_len", "block_b", "block_u",
-    "block_k", "hoist_w", "num_warps", "programs", "planned", "status", "forward_ms", "forward_us_per_step",
-    "forward_max_diff_vs_step", "backward_ms", "backward_us_per_step", "backward_max_diff_vs_step", "error",
+    "device", "triton_version", "git_commit", "dtype", "hidden_size", "batch", "seq_len", "pass", "block_b",
+    "block_u", "block_k", "k_split", "resident", "num_warps", "programs", "planned", "status", "ms", "us_per_step",
+    "max_diff_vs_step", "error",
 )  # fmt: skip
-# Candidate axes. Held on chip (hoist_w) only while H fits one reduction chunk, as in the plan.
-UNIT_BLOCKS = (16, 32, 64)
-STREAM_CHUNKS = (64, 128, 256)
+# Candidate axes around the plan: units per program as planned and up to 4x (fewer programs), the forward's
+# reduction split over 1, 2 or 4 warps' chunks, warps.
+UNIT_FACTORS = (1, 2, 4)
+K_SPLITS = (1, 2, 4)
 WARPS = (4, 8)
 
 
@@ -56,26 +60,37 @@ def parse_args(argv):
     return args
 
 
-def candidates(hidden: int, batch: int, capacity: int | None):
-    """Tilings to try, as the ``config`` dicts of ``persistent_forward``; ``capacity`` None is the interpreter."""
+def candidates(hidden: int, batch: int, dtype: torch.dtype, device: torch.device, *, backward: bool):
+    """The planned tiling of one pass, then the variants around it that fit the device (none under the
+    interpreter, where the plan runs one program per group)."""
     import triton
 
-    from triton_lstm.launch_persistent import HOIST_MAX_K
+    from triton_lstm import launch_persistent, tuning
 
-    layouts = [(block_u, hidden, True) for block_u in UNIT_BLOCKS] if hidden <= HOIST_MAX_K else []
-    layouts += [(block_u, block_k, False) for block_u, block_k in itertools.product(UNIT_BLOCKS, STREAM_CHUNKS)]
-    for (block_u, block_k, hoist), warps in itertools.product(layouts, WARPS):
-        block_b = 16 if hoist else min(32, max(16, triton.next_power_of_2(batch)))
-        programs = triton.cdiv(hidden, block_u)
-        if capacity is not None and triton.cdiv(batch, block_b) * programs > capacity:
+    planned = launch_persistent.plan(hidden, hidden, batch, 1, dtype, device, backward=backward)
+    if isinstance(planned, str):
+        return
+    yield planned
+    if tuning.INTERPRETED:
+        return
+    facts = launch_persistent.device_facts(device)
+    element = torch.finfo(dtype).bits // 8
+    k_pad = max(16, triton.next_power_of_2(hidden))
+    for factor, resident, k_split, warps in itertools.product(UNIT_FACTORS, (True, False), K_SPLITS, WARPS):
+        units = planned.block_u * factor
+        programs = triton.cdiv(hidden, units)
+        estimate = launch_persistent.shared_bytes(hidden, hidden, element, planned.block_b, units, planned.block_n,
+                                                  backward=backward)  # fmt: skip
+        if units > hidden * 2 or (resident and estimate > facts.shared_bytes) or (backward and k_split > 1):
             continue
-        # The interpreter runs programs one after another: one program per group loops over every unit tile.
-        per_program = 1 if capacity is not None else programs
-        yield {
-            "BLOCK_B": block_b, "BLOCK_U": block_u, "UNIT_TILES": per_program, "BLOCK_N": block_u,
-            "COL_TILES": per_program, "PROGRAMS": programs if capacity is not None else 1,
-            "BLOCK_K": triton.next_power_of_2(block_k), "HOIST_W": hoist and per_program == 1, "num_warps": warps,
-        }  # fmt: skip
+        if not resident and k_split > 1:
+            continue
+        streamed_k = launch_persistent.STREAM_K[element]
+        block_k = planned.block_k if backward else (k_pad if resident else streamed_k)
+        variant = dataclasses.replace(planned, block_u=units, programs=programs, resident=resident, k_split=k_split,
+                                      block_k=block_k, num_warps=warps)  # fmt: skip
+        if variant != planned and planned.batch_tiles * programs <= facts.programs:
+            yield variant
 
 
 class Case:
@@ -106,22 +121,15 @@ class Case:
             self.reference_d_x = launch.step_backward(*self.upstream, *self.backward_args, saved)[0]
 
 
-def run_forward(config: dict, case: Case) -> torch.Tensor:
-    """The output of the persistent forward with this tiling."""
+def run(plan, case: Case, *, backward: bool) -> torch.Tensor:
+    """The output of the persistent forward, or the input gradient of the persistent backward (from the per-step
+    forward's saved state), with this tiling."""
     from triton_lstm import launch_persistent, tuning
 
     with tuning.serialized():
-        return launch_persistent.persistent_forward(*case.forward_args, save=False, config=config)[0]
-
-
-def run_backward(config: dict, case: Case) -> torch.Tensor:
-    """The input gradient of the persistent backward with this tiling (from the per-step forward's saved state)."""
-    from triton_lstm import launch_persistent, tuning
-
-    # The backward reduces in its own chunks, whatever the forward's (launch_persistent.backward_chunk).
-    config = {**config, "BLOCK_K": launch_persistent.backward_chunk(case.arch)}
-    with tuning.serialized():
-        return launch_persistent.persistent_backward(*case.upstream, *case.backward_args, case.saved, config=config)[0]
+        if backward:
+            return launch_persistent.persistent_backward(*case.upstream, *case.backward_args, case.saved, plan=plan)[0]
+        return launch_persistent.persistent_forward(*case.forward_args, save=False, plan=plan)[0]
 
 
 def time_calls(fn, device: torch.device, reps: int) -> float:
@@ -147,26 +155,16 @@ def _max_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return (ours.double() - reference.double()).abs().max().item()
 
 
-def _measure(config: dict, cases: dict, key: tuple, seq_len: int, device: torch.device, args) -> dict:
-    """Status and timing columns of one candidate; ``cases`` keeps each (dtype, H, B)'s input and reference."""
-    dtype, hidden, batch = key
+def _measure(plan, backward: bool, case: Case, seq_len: int, device: torch.device, args) -> dict:
+    """Status and timing columns of one candidate."""
     try:
-        case = cases.get(key) or cases.setdefault(key, Case(getattr(torch, dtype), hidden, batch, seq_len, device))
         if args.compile_only:
-            run_forward(config, case)
-            run_backward(config, case)
+            run(plan, case, backward=backward)
             return {"status": "compiled"}
-        forward_ms = time_calls(lambda: run_forward(config, case), device, args.reps)
-        backward_ms = time_calls(lambda: run_backward(config, case), device, args.reps)
-        return {
-            "status": "ok",
-            "forward_ms": forward_ms,
-            "forward_us_per_step": forward_ms * 1e3 / seq_len,
-            "forward_max_diff_vs_step": _max_diff(run_forward(config, case), case.reference),
-            "backward_ms": backward_ms,
-            "backward_us_per_step": backward_ms * 1e3 / seq_len,
-            "backward_max_diff_vs_step": _max_diff(run_backward(config, case), case.reference_d_x),
-        }
+        ms = time_calls(lambda: run(plan, case, backward=backward), device, args.reps)
+        reference = case.reference_d_x if backward else case.reference
+        return {"status": "ok", "ms": ms, "us_per_step": ms * 1e3 / seq_len,
+                "max_diff_vs_step": _max_diff(run(plan, case, backward=backward), reference)}  # fmt: skip
     except Exception as error:  # a tiling that does not compile or launch is a result too
         return {"status": "error", "error": " ".join(f"{type(error).__name__}: {error}".split())[:300]}
 
@@ -174,45 +172,42 @@ def _measure(config: dict, cases: dict, key: tuple, seq_len: int, device: torch.
 def main(argv=None) -> int:
     args = parse_args(argv)
     use_interpreter_without_cuda()
-    from triton_lstm.launch_persistent import plan
-    from triton_lstm.tuning import persistent_forward_configs
-
-    planned_warps = persistent_forward_configs()[0].num_warps
-
     device = bench_device()
-    capacity = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else None
     shard, shards = (int(part) for part in args.shard.split("/"))
     seq_len = 16 if args.compile_only else args.seq_len
     deadline = time.monotonic() + args.time_budget if args.time_budget is not None else float("inf")
     machine = describe_machine(device)
     jobs = [
-        (dtype, hidden, batch, config)
+        (dtype, hidden, batch, backward, index, plan)
         for dtype in _dtypes(args.dtype)
         for hidden in _ints(args.hidden_size)
         for batch in _ints(args.batch)
-        for config in candidates(hidden, batch, capacity)
+        for backward in (False, True)
+        for index, plan in enumerate(candidates(hidden, batch, getattr(torch, dtype), device, backward=backward))
     ][shard::shards]
     cases = {}
     with open(os.devnull if args.compile_only else args.out, "w", newline="") as out:
         writer = csv.DictWriter(out, COLUMNS)
         writer.writeheader()
-        for dtype, hidden, batch, config in jobs:
-            torch_dtype = getattr(torch, dtype)
-            planned = plan(hidden, hidden, batch, 1, torch_dtype, device)
+        for dtype, hidden, batch, backward, index, plan in jobs:
             row = {
                 "device": machine.device, "triton_version": machine.triton_version, "git_commit": machine.git_commit,
                 "dtype": DTYPE_SHORT[dtype], "hidden_size": hidden, "batch": batch, "seq_len": seq_len,
-                "block_b": config["BLOCK_B"], "block_u": config["BLOCK_U"], "block_k": config["BLOCK_K"],
-                "hoist_w": config["HOIST_W"], "num_warps": config["num_warps"], "programs": config["PROGRAMS"],
-                "planned": not isinstance(planned, str)
-                and (planned.block_u, planned.block_k, planned.hoist_w, planned_warps)
-                == (config["BLOCK_U"], config["BLOCK_K"], config["HOIST_W"], config["num_warps"]),
+                "pass": "backward" if backward else "forward", "block_b": plan.block_b, "block_u": plan.block_u,
+                "block_k": plan.block_k, "k_split": plan.k_split, "resident": plan.resident,
+                "num_warps": plan.num_warps, "programs": plan.programs, "planned": index == 0,
             }  # fmt: skip
             if time.monotonic() > deadline:
                 row["status"] = "skipped"
             else:
                 key = (dtype, hidden, batch)
-                row.update(_measure(config, cases, key, seq_len, device, args))
+                try:
+                    case = cases.get(key) or cases.setdefault(key, Case(getattr(torch, dtype), hidden, batch,
+                                                                        seq_len, device))  # fmt: skip
+                except Exception as error:  # inputs that cannot be made are a result too
+                    row.update(status="error", error=f"{type(error).__name__}: {error}"[:300])
+                else:
+                    row.update(_measure(plan, backward, case, seq_len, device, args))
             print(", ".join(f"{name}={row.get(name, '')}" for name in COLUMNS[3:]), file=sys.stderr, flush=True)
             writer.writerow(row)
             out.flush()
