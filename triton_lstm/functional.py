@@ -33,11 +33,13 @@ def resolve_kernel(kernel: str, device: torch.device, sizes: tuple | None = None
             raise RuntimeError(f"triton_lstm: kernel='persistent' cannot run this configuration: {planned}")
         return "persistent"
     # auto. Under the interpreter the persistent kernel only tests its arithmetic (one program per group, no
-    # speed to gain), so the per-step kernel runs. On a GPU the persistent kernel wherever its grid fits: on an
-    # H200 (T = 512, B in {1, 16, 64}, H in {256, 768, 1024}, fp16 and fp32; bench/results/h200-issue4/) it was as
-    # fast (fp32, B = 64) or up to 30x faster than the per-step kernel in every configuration, forward and
-    # forward+backward, the per-step kernel's Python launch cost (50 to 150 us a step) dominating it. float64 was
-    # not timed: it keeps the per-step kernel.
+    # speed to gain), so the per-step kernel runs. On a GPU the persistent kernel wherever its grid fits. Measured on
+    # an H200 with the persistent kernels of bench/results/h200-issue4/ (T = 512, B in {1, 16, 64}, H in {256, 768,
+    # 1024}, fp16 and fp32): as fast (fp32, B = 64) or up to 30x faster than the per-step kernel in every
+    # configuration, forward and forward+backward, the per-step kernel's Python launch cost (50 to 150 us a step)
+    # dominating it. The rebuilt persistent kernels (W_hh resident, one barrier a step in the backward, tensor cores)
+    # have not been timed yet: each of their changes removes work the measured ones did. float64 was never timed: it
+    # keeps the per-step kernel.
     if tuning.INTERPRETED or isinstance(planned, str) or sizes[4] == torch.float64:
         return "step"
     return "persistent"
