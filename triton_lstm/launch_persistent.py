@@ -87,12 +87,15 @@ def device_facts(device: torch.device) -> DeviceFacts:
 
 
 def plan(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, device,
-         *, backward: bool = False) -> Plan | str:  # fmt: skip
+         *, backward: bool = False, layers: int = 1) -> Plan | str:  # fmt: skip
     """Tiles and grid for these sizes on ``device`` (of the backward kernel with ``backward``), or a string saying
-    why the persistent kernel cannot run."""
+    why the persistent kernel cannot run. ``layers`` > 1: a stack in one launch (``launch_stack``), whose layers
+    take the place of the directions."""
     facts = None if tuning.INTERPRETED else device_facts(device)
     tf32 = facts is not None and precision.use_tf32(dtype, torch.device(device), facts.arch)
-    return plan_for(hidden, h_out, batch, num_directions, dtype, facts, backward=backward, tf32=tf32)
+    return plan_for(
+        hidden, h_out, batch, num_directions, dtype, facts, backward=backward, tf32=tf32, stacked=layers > 1
+    )
 
 
 def _pow2(n: int, floor: int = 16) -> int:
@@ -101,13 +104,14 @@ def _pow2(n: int, floor: int = 16) -> int:
 
 
 def shared_bytes(hidden: int, h_out: int, element: int, block_b: int, block_u: int, block_n: int,
-                 *, backward: bool) -> int:  # fmt: skip
+                 *, backward: bool, stacked: bool = False) -> int:  # fmt: skip
     """Shared memory of a resident program: the W_hh slice and the activation tile multiplied with it (and the same
-    for the projection). An estimate, which the resource report checks against the compiled kernels (aot)."""
+    for the projection, and for the W_ih slice of a stacked layer). An estimate, which the resource report checks
+    against the compiled kernels (aot)."""
     k_pad, h_pad = _pow2(h_out), _pow2(hidden)
-    slice_bytes = 4 * block_u * k_pad * element
+    slice_bytes = 4 * block_u * k_pad * element * (2 if stacked else 1)
     if not backward:
-        tiles = slice_bytes + block_b * k_pad * element  # W_hh^T slice, h_{t-1}
+        tiles = slice_bytes + block_b * k_pad * element * (2 if stacked else 1)  # W slices, h_{t-1} (and the input)
         if h_out != hidden:
             tiles += (block_n + block_b) * h_pad * element  # W_hr^T columns, o * tanh(c_t)
     else:
@@ -118,8 +122,9 @@ def shared_bytes(hidden: int, h_out: int, element: int, block_b: int, block_u: i
 
 
 def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: torch.dtype, facts: DeviceFacts | None,
-             *, backward: bool = False, tf32: bool = False) -> Plan | str:  # fmt: skip
-    """``plan`` for a GPU described by ``facts`` (None: the interpreter); ``tf32``: float32 products in TF32."""
+             *, backward: bool = False, tf32: bool = False, stacked: bool = False) -> Plan | str:  # fmt: skip
+    """``plan`` for a GPU described by ``facts`` (None: the interpreter); ``tf32``: float32 products in TF32;
+    ``stacked``: a stack's layers in one launch, ``num_directions`` counting its layers."""
     element = torch.finfo(dtype).bits // 8
     tensor_cores = dtype != torch.float32 or tf32
     k_pad, h_pad = _pow2(h_out), _pow2(hidden)
@@ -159,7 +164,8 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         # Its two phases' products and partial sums need more registers than its loads (aot report, H = 1024 with a
         # projection of 256: 4 warps spill up to 9.8 KB in float32 and a few bytes in half precision; 8 do not).
         num_warps = max(num_warps, 8)
-    resident = shared_bytes(hidden, h_out, element, block_b, units, block_n, backward=backward) <= facts.shared_bytes
+    estimate = shared_bytes(hidden, h_out, element, block_b, units, block_n, backward=backward, stacked=stacked)
+    resident = estimate <= facts.shared_bytes
     if backward:
         block_k = min(k_pad, PARTIAL_CHUNK[tensor_cores])
         k_split = 1
@@ -171,16 +177,22 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     return Plan(block_b, units, block_n, block_k, h_pad, k_split, resident, programs, batch_tiles, num_warps)
 
 
-def _launch_options(tiles: Plan) -> dict:
+def launch_options(tiles: Plan) -> dict:
     options = {"num_warps": tiles.num_warps, "num_stages": 1}
     if not tuning.INTERPRETED:
         options["launch_cooperative_grid"] = True
     return options
 
 
-def _phase_ranges(phases: int, tiles: Plan):
+def phase_ranges(phases: int, tiles: Plan):
     """(begin, end) of each launch: all phases at once, or one at a time when stepped."""
     return [(p, p + 1) for p in range(phases)] if tiles.stepped else [(0, phases)]
+
+
+def grid_sync(tiles: Plan, layers: int = 1) -> bool:
+    """Whether the programs of a launch meet at a counter: more than one program depends on another's output within
+    the launch. The interpreter runs programs one after another, in grid order, the layers' axis innermost."""
+    return tiles.programs * layers > 1 and not tiles.stepped and not tuning.INTERPRETED
 
 
 def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, plan: Plan | None = None):
@@ -198,18 +210,18 @@ def persistent_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save:
     )
     grid = (tiles.batch_tiles, tiles.programs, num_directions)
     phases = seq_len * (2 if w_hr is not None else 1)
-    for begin, end in _phase_ranges(phases, tiles):
+    for begin, end in phase_ranges(phases, tiles):
         sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
         tuning.persistent_forward_kernel[grid](
             buffers.x_proj, buffers.bias if buffers.bias is not None else buffers.cs, w_hh.contiguous(),
-            w_hr.contiguous() if w_hr is not None else w_hh, buffers.hs,
+            w_hr.contiguous() if w_hr is not None else w_hh, w_hh, buffers.hs, buffers.hs,
             unprojected if unprojected is not None else buffers.hs, buffers.cs, buffers.gates,
             lengths if lengths is not None else sync, sync,
             begin, end, seq_len, batch, buffers.x_proj.stride(0), buffers.x_proj.stride(1),
             HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_PROJ=w_hr is not None,
-            HAS_LENGTHS=lengths is not None, SAVE=save, GRID_SYNC=tiles.programs > 1 and not tiles.stepped,
+            HAS_LENGTHS=lengths is not None, SAVE=save, GRID_SYNC=grid_sync(tiles),
             UPCAST=launch.upcast_dot(x.dtype), TF32=precision.use_tf32(x.dtype, x.device),
-            **tiles.meta(backward=False), **_launch_options(tiles),
+            **tiles.meta(backward=False), **launch_options(tiles),
         )  # fmt: skip
     return launch.finish_forward(buffers, lengths, x.dtype)
 
@@ -231,14 +243,14 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
         partials = torch.empty(2, tiles.programs, num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
         grid = (tiles.batch_tiles, tiles.programs, num_directions)
         phases = seq_len * (2 if w_hr is not None else 1)
-        for begin, end in _phase_ranges(phases, tiles):
+        for begin, end in phase_ranges(phases, tiles):
             sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
             tuning.persistent_backward_kernel[grid](
                 saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs,
                 d_gates, d_cs, partials, lengths if lengths is not None else sync, sync, begin, end, seq_len, batch,
                 HIDDEN=hidden, H_OUT=h_out, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None,
-                GRID_SYNC=tiles.programs > 1 and not tiles.stepped, UPCAST=launch.upcast_dot(x.dtype),
-                TF32=precision.use_tf32(x.dtype, x.device), **tiles.meta(backward=True), **_launch_options(tiles),
+                GRID_SYNC=grid_sync(tiles), UPCAST=launch.upcast_dot(x.dtype),
+                TF32=precision.use_tf32(x.dtype, x.device), **tiles.meta(backward=True), **launch_options(tiles),
             )  # fmt: skip
         # Step 0 left its partial products of dL/dh0 in slot 0.
         d_h0 = partials[0].sum(dim=0)

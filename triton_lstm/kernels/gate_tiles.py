@@ -36,20 +36,30 @@ def load_gate_columns(w_ptr, rows, rows_ok, k0, BLOCK_K: tl.constexpr, K_SPLIT: 
 
 
 @triton.jit
-def load_rows(p_rows, rows_ok, k0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr, K_SIZE: tl.constexpr):
+def load_rows(p_rows, rows_ok, k0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr, K_SIZE: tl.constexpr,
+              p_scale_rows=None, SCALED: tl.constexpr = False):  # fmt: skip
     """Activations laid out as the left operand of ``load_gate_columns``' tile: p_rows (BLOCK_B,) points at the rows,
     the tile is (BLOCK_B, BLOCK_K), or (K_SPLIT, BLOCK_B, BLOCK_K / K_SPLIT). Loaded past L1 (".cg"): other programs
-    wrote them since the last barrier."""
+    wrote them since the last barrier. With SCALED each element is multiplied, in its own dtype, by the element at the
+    same offset from p_scale_rows (a dropout mask, applied as torch applies it)."""
     if K_SPLIT == 1:
         k = k0 + tl.arange(0, BLOCK_K)[None, :]
         p = p_rows[:, None]
         ok = rows_ok[:, None]
+        if SCALED:
+            p_scale = p_scale_rows[:, None]
     else:
         chunk: tl.constexpr = BLOCK_K // K_SPLIT
         k = k0 + tl.arange(0, K_SPLIT)[:, None, None] * chunk + tl.arange(0, chunk)[None, None, :]
         p = p_rows[None, :, None]
         ok = rows_ok[None, :, None]
-    return tl.load(p + k, mask=(k < K_SIZE) & ok, other=0.0, cache_modifier=".cg")
+        if SCALED:
+            p_scale = p_scale_rows[None, :, None]
+    mask = (k < K_SIZE) & ok
+    rows = tl.load(p + k, mask=mask, other=0.0, cache_modifier=".cg")
+    if SCALED:
+        rows = rows * tl.load(p_scale + k, mask=mask, other=0.0)
+    return rows
 
 
 @triton.jit
