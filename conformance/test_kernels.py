@@ -37,7 +37,8 @@ def _persistent_plans(device, resident: bool):
               "programs": triton.cdiv(hidden, units), "batch_tiles": triton.cdiv(_sizes(device)[1], block_b),
               "num_warps": 4, "stepped": device.type == "cpu"}  # fmt: skip
     forward = launch_persistent.Plan(block_k=padded if resident else chunk, k_split=2 if resident else 1, **common)
-    backward = launch_persistent.Plan(block_k=chunk, k_split=1, **common)
+    # The backward's partial products in pieces of 4 gate-gradient rows (as FMA products run on a GPU).
+    backward = launch_persistent.Plan(block_k=chunk, k_split=1, k_chunk=4, **common)
     return forward, backward
 
 

@@ -66,6 +66,7 @@ class Plan:
     programs: int  # P: programs per (batch tile, direction) group
     batch_tiles: int
     num_warps: int
+    k_chunk: int = 0  # backward: gate-gradient rows per piece of its partial products (0: all 4 x block_u at once)
     stepped: bool = False  # one launch per phase (tests), the launch boundary standing in for the barrier
 
     def meta(self, backward: bool) -> dict:
@@ -73,7 +74,7 @@ class Plan:
         meta = {"BLOCK_B": self.block_b, "BLOCK_U": self.block_u, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k,
                 "RESIDENT": self.resident}  # fmt: skip
         if backward:
-            meta["PROGRAMS"] = self.programs
+            meta.update(PROGRAMS=self.programs, K_CHUNK=self.k_chunk or 4 * self.block_u)
         else:
             meta.update(BLOCK_M=self.block_m, K_SPLIT=self.k_split)
         return meta
@@ -166,15 +167,20 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         num_warps = max(num_warps, 8)
     estimate = shared_bytes(hidden, h_out, element, block_b, units, block_n, backward=backward, stacked=stacked)
     resident = estimate <= facts.shared_bytes
+    k_chunk = 0
     if backward:
         block_k = min(k_pad, PARTIAL_CHUNK[tensor_cores])
         k_split = 1
+        if not tensor_cores or dtype == torch.float64:
+            # FMA (and fp64) products hold their operands whole in registers: pieces of 16 gate-gradient rows (aot
+            # report: 32 units a program spill up to 26 KB in float32 and 18 KB in fp64 in one piece).
+            k_chunk = min(16, 4 * units)
     else:
         block_k = k_pad if resident else STREAM_K[element]
         # Warps share the reduction in halves (two chains of dependent MMAs instead of one twice as long), except
         # for a 64-row batch tile, whose plain product is a Hopper wgmma; four parts spill on sm_90 (aot report).
         k_split = 2 if resident and block_b < 64 and k_pad >= 64 else 1
-    return Plan(block_b, units, block_n, block_k, h_pad, k_split, resident, programs, batch_tiles, num_warps)
+    return Plan(block_b, units, block_n, block_k, h_pad, k_split, resident, programs, batch_tiles, num_warps, k_chunk)
 
 
 def launch_options(tiles: Plan) -> dict:

@@ -12,9 +12,10 @@ import triton.language as tl
 
 
 @triton.jit
-def gate_rows(u0, BLOCK_U: tl.constexpr, HIDDEN: tl.constexpr):
-    """Rows of W_hh (int64) behind the interleaved gate columns n = 0 .. 4U - 1, and which of them exist."""
-    n = tl.arange(0, 4 * BLOCK_U)
+def gate_rows(u0, n0, COLUMNS: tl.constexpr, HIDDEN: tl.constexpr):
+    """Rows of W_hh (int64) behind the interleaved gate columns n = n0 .. n0 + COLUMNS - 1 of the units from u0, and
+    which of them exist."""
+    n = n0 + tl.arange(0, COLUMNS)
     unit = u0 + n // 4
     return (n % 4).to(tl.int64) * HIDDEN + unit, unit < HIDDEN
 

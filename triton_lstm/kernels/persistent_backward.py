@@ -73,6 +73,7 @@ def lstm_persistent_backward_kernel(
     BLOCK_U: tl.constexpr,  # hidden units per program
     BLOCK_N: tl.constexpr,  # columns of dL/dh each program sums (only if HAS_PROJ)
     BLOCK_K: tl.constexpr,  # columns of H_out per chunk of the partial products (and of the projection)
+    K_CHUNK: tl.constexpr,  # rows of the gate gradients per piece of the partial products (4U, or 16)
     PROGRAMS: tl.constexpr,  # P
     RESIDENT: tl.constexpr,
 ):
@@ -99,7 +100,8 @@ def lstm_persistent_backward_kernel(
     p_cu = cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
     p_dcu = d_cs_ptr + i_d * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
     p_gu = gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
-    p_dgu = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
+    p_dg_rows = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN)  # rows of step 0
+    p_dgu = p_dg_rows + o_u[None, :]
     # partials[slot, q, d, b, n]: one program's share is (D, B, H_OUT), one slot P of them.
     program_stride = h_slot
     partial_slot = PROGRAMS * h_slot
@@ -109,13 +111,19 @@ def lstm_persistent_backward_kernel(
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + o_b, mask=m_b, other=0)
 
-    rows, rows_ok = gate_rows(u0, BLOCK_U, HIDDEN)
+    # The partial products multiply the gate gradients (4U interleaved columns) in K_CHUNK-row pieces by W_hh tiles
+    # of BLOCK_K columns: one piece from registers on tensor cores; FMA and fp64 products (whose operands Triton holds
+    # whole in registers) read pieces of 16 back from the gate gradients this program just stored.
     chunks: tl.constexpr = triton.cdiv(H_OUT, BLOCK_K)
+    pieces: tl.constexpr = 4 * BLOCK_U // K_CHUNK
     if RESIDENT:
         w_chunks = ()
-        for j in tl.static_range(chunks):
-            # Triton builds tuples by concatenation, not unpacking.
-            w_chunks = w_chunks + (_gate_rows_tile(w_hh, rows, rows_ok, j * BLOCK_K, BLOCK_K, H_OUT),)  # noqa: RUF005
+        for piece in tl.static_range(pieces):
+            piece_rows, piece_ok = gate_rows(u0, piece * K_CHUNK, K_CHUNK, HIDDEN)
+            for j in tl.static_range(chunks):
+                # Triton builds tuples by concatenation, not unpacking.
+                tile = _gate_rows_tile(w_hh, piece_rows, piece_ok, j * BLOCK_K, BLOCK_K, H_OUT)
+                w_chunks = w_chunks + (tile,)  # noqa: RUF005
     if HAS_PROJ:
         o_n = i_p * BLOCK_N + tl.arange(0, BLOCK_N)
         m_bn = m_b[:, None] & (o_n[None, :] < H_OUT)
@@ -191,20 +199,27 @@ def lstm_persistent_backward_kernel(
             c = c_prev
 
             # This program's share of dL/dh_{t-1}: its gate gradients through its rows of W_hh, all columns.
-            if acc_dtype == tl.float64:
-                # Triton 3.6 cannot feed a reshaped fp64 tensor to an MMA ("fp64 don't support largeK MMA"): read
-                # the interleaved gate gradients back from the stores above (this program's own, after a barrier).
-                tl.debug_barrier()
-                p_interleaved = d_gates_ptr + i_d * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + rows[None, :]
-                d_gates = tl.load(p_interleaved + step * g_slot, mask=m_b[:, None] & rows_ok[None, :], other=0.0,
-                                  cache_modifier=".cg")  # fmt: skip
-            else:
-                d_gates = join_gates(da_i, da_f, da_g, da_o, BLOCK_B, BLOCK_U).to(w_dtype)
             p_out = p_part + (step % 2) * partial_slot + i_p * program_stride
+            if pieces == 1 and acc_dtype != tl.float64:
+                d_gates = join_gates(da_i, da_f, da_g, da_o, BLOCK_B, BLOCK_U).to(w_dtype)
+            else:
+                # (Also fp64 in one piece: Triton 3.6 cannot feed a reshaped fp64 tensor to an MMA.) The stores above
+                # are this program's own: a block barrier makes them visible to all its threads.
+                tl.debug_barrier()
             for j in tl.static_range(chunks):
                 o_cols = j * BLOCK_K + tl.arange(0, BLOCK_K)
-                w_tile = w_chunks[j] if RESIDENT else _gate_rows_tile(w_hh, rows, rows_ok, j * BLOCK_K, BLOCK_K, H_OUT)
-                share = dot_acc(d_gates, w_tile, tl.zeros((BLOCK_B, BLOCK_K), dtype=acc_dtype), UPCAST, TF32)
+                share = tl.zeros((BLOCK_B, BLOCK_K), dtype=acc_dtype)
+                for piece in tl.static_range(pieces):
+                    piece_rows, piece_ok = gate_rows(u0, piece * K_CHUNK, K_CHUNK, HIDDEN)
+                    if pieces > 1 or acc_dtype == tl.float64:
+                        m_piece = m_b[:, None] & piece_ok[None, :]
+                        d_gates = tl.load(p_dg_rows + step * g_slot + piece_rows[None, :], mask=m_piece, other=0.0,
+                                          cache_modifier=".cg").to(w_dtype)  # fmt: skip
+                    if RESIDENT:
+                        w_tile = w_chunks[piece * chunks + j]
+                    else:
+                        w_tile = _gate_rows_tile(w_hh, piece_rows, piece_ok, j * BLOCK_K, BLOCK_K, H_OUT)
+                    share = dot_acc(d_gates, w_tile, share, UPCAST, TF32)
                 tl.store(p_out + o_cols[None, :], share, mask=m_b[:, None] & (o_cols[None, :] < H_OUT))
             arrive(sync, GRID_SYNC)
             arrivals += n_p

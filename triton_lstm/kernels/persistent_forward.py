@@ -130,7 +130,7 @@ def lstm_persistent_forward_kernel(
     if HAS_LENGTHS:
         length = tl.load(lengths_ptr + o_b, mask=m_b, other=0)
 
-    rows, rows_ok = gate_rows(u0, BLOCK_U, HIDDEN)
+    rows, rows_ok = gate_rows(u0, 0, 4 * BLOCK_U, HIDDEN)
     if RESIDENT:
         w_gates = load_gate_columns(w_hh, rows, rows_ok, 0, BLOCK_K, K_SPLIT, H_OUT)
     if stacked:
