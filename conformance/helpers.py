@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from triton_lstm import tuning
+from triton_lstm import fast_launch, tuning
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,22 @@ _KERNELS = {
 class TritonOnly:
     """Makes torch's LSTM op raise and counts Triton kernel launches while active.
 
-    ``launches`` counts by pass ("forward", "backward") and ``by_kernel`` by kernel name.
+    ``launches`` counts by pass ("forward", "backward") and ``by_kernel`` by kernel name, through every launch
+    path: Triton's own (``tuning.<kernel>[grid](...)``) and the lean launches of ``fast_launch`` (on CUDA).
+    ``around_launch``, a context-manager factory, wraps every launch made through Triton's own path (e.g. to hide
+    the interpreter's tensor traffic from a dispatch mode that counts the launcher's torch ops).
     """
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, around_launch=None):
         self._monkeypatch = monkeypatch
+        self._around_launch = around_launch or contextlib.nullcontext
         self.launches = {"forward": 0, "backward": 0}
         self.by_kernel = dict.fromkeys(_KERNELS, 0)
+
+    def _count(self, name):
+        if name in _KERNELS:
+            self.launches[_KERNELS[name]] += 1
+            self.by_kernel[name] += 1
 
     def _counting(self, kernel, name):
         owner = self
@@ -119,9 +128,9 @@ class TritonOnly:
                 launch = kernel[grid]
 
                 def run(*args, **kwargs):
-                    owner.launches[_KERNELS[name]] += 1
-                    owner.by_kernel[name] += 1
-                    return launch(*args, **kwargs)
+                    owner._count(name)
+                    with owner._around_launch():
+                        return launch(*args, **kwargs)
 
                 return run
 
@@ -132,11 +141,19 @@ class TritonOnly:
         def refuse(*args, **kwargs):
             raise AssertionError("torch's own LSTM ran where the Triton kernels were asked for")
 
+        owner = self
+        lean_call = fast_launch.LeanLaunch.__call__
+
+        def lean(launch, step):
+            owner._count(launch.name)
+            return lean_call(launch, step)
+
         with self._monkeypatch.context() as patch:
             patch.setattr(torch, "lstm", refuse)
             patch.setattr(torch._VF, "lstm", refuse, raising=False)
             for name in _KERNELS:
                 patch.setattr(tuning, name, self._counting(getattr(tuning, name), name))
+            patch.setattr(fast_launch.LeanLaunch, "__call__", lean)
             yield self
 
 

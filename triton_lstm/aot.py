@@ -94,19 +94,19 @@ def _specialize(kernel, pointers: dict, constexprs: dict, batch: int) -> tuple[d
 
 def _step_forward(dtype, config, arch):
     acc = _accumulator(dtype)
-    pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "h_prev_ptr", "w_hh_ptr", "h_out_ptr")}
-    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "c_prev_ptr", "c_out_ptr", "gates_out_ptr")})
+    pointers = {name: f"*{dtype}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "ms_ptr")}
+    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers["lengths_ptr"] = "*i32"
-    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE_GATES": True,
-                  "UPCAST": False, **config}  # fmt: skip
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE": True, "UPCAST": False,
+                  **config}  # fmt: skip
     return pointers, constexprs, STEP_BATCH
 
 
 def _step_backward(dtype, config, arch):
     acc = _accumulator(dtype)
     pointers = {name: f"*{acc}" for name in lstm_step_backward_kernel.arg_names if name.endswith("_ptr")}
-    pointers.update({"w_hh_ptr": f"*{dtype}", "d_out_prev_ptr": f"*{acc}", "lengths_ptr": "*i32"})
-    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_D_OUT_PREV": True, "HAS_LENGTHS": True, **config}
+    pointers.update({"w_hh_ptr": f"*{dtype}", "w_hr_ptr": f"*{dtype}", "lengths_ptr": "*i32"})
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_LENGTHS": True, **config}
     return pointers, constexprs, STEP_BATCH
 
 
@@ -168,6 +168,11 @@ def _spaces(full: bool):
         return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
 
     # Step configs that the runtime prunes for a dtype (tuning.fits) are not shipped for it: compile_row skips them.
+    # Each is compiled with and without the in-kernel projection (proj_size > 0), a separate path of their code.
+    def with_projection(configs):
+        return [
+            ({**meta, "HAS_PROJ": proj}, warps, stages) for proj in (False, True) for meta, warps, stages in configs
+        ]
 
     step_forward = from_tuning(tuning.forward_configs())
     step_backward = from_tuning(tuning.backward_configs())
@@ -188,6 +193,7 @@ def _spaces(full: bool):
         step_backward = [step_backward[0], step_backward[-1]]
         persistent_forward = [p for p in persistent_forward if p[0]["BATCH"] == 16]
         persistent_backward = [p for p in persistent_backward if p[0]["BATCH"] == 16]
+    step_forward, step_backward = with_projection(step_forward), with_projection(step_backward)
     return [
         ("step_forward", lstm_step_forward_kernel, _step_forward, step_forward),
         ("step_backward", lstm_step_backward_kernel, _step_backward, step_backward),
@@ -226,7 +232,7 @@ def compile_row(name, kernel, describe, meta, num_warps, num_stages, dtype, arch
     label = ",".join(f"{k}={v}" for k, v in meta.items()) + f",warps={num_warps},stages={num_stages}"
     row = Row(name, label, dtype, arch)
     shipped = triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
-    if name.startswith("step") and not tuning.fits(shipped, int(dtype[2:])):
+    if name.startswith("step") and not tuning.fits(shipped, int(dtype[2:]), meta.get("HAS_PROJ", False)):
         return None
     pointers, constexprs, batch = describe(dtype, dict(meta), arch)
     signature, constexprs, attrs = _specialize(kernel, pointers, constexprs, batch)
