@@ -9,12 +9,13 @@ Layout conventions for one layer with D directions (D = 2 when bidirectional):
   direction starts at its own end; h_n and c_n hold each row's state after its own last step.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from triton_lstm import fast_launch, tuning
+from triton_lstm import fast_launch, graphs, tuning
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -180,6 +181,32 @@ class _ForwardLoop:
             torch.bmm(self.ms[(seq_len - 1) % 2], self.w_hr.transpose(1, 2), out=b.hs[seq_len])
 
 
+def _forward_bytes(seq_len, batch, num_directions, hidden, h_out, dtype, save: bool) -> int:
+    """Bytes of one forward call's buffers (what a CUDA graph of it keeps)."""
+    size, acc_size = torch.finfo(dtype).bits // 8, torch.finfo(accumulator_dtype(dtype)).bits // 8
+    rows = num_directions * batch
+    per_step = rows * (4 * hidden * size + h_out * size + (hidden + 4 * hidden) * acc_size * save)
+    weights = num_directions * 4 * hidden * h_out * size * 2
+    return (seq_len + 2) * per_step + 4 * rows * hidden * acc_size + weights
+
+
+def _like(t: torch.Tensor | None) -> torch.Tensor | None:
+    """An uninitialised contiguous buffer shaped like ``t`` (a CUDA graph's static copy of it)."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else None
+
+
+def _copy_into(statics, givens) -> None:
+    for static, given in zip(statics, givens, strict=True):
+        if static is not None:
+            static.copy_(given)
+
+
+def _own(tensors, static) -> list:
+    """Each tensor, cloned when it shares memory with one of the ``static`` buffers (of a CUDA graph)."""
+    taken = {t.untyped_storage().data_ptr() for t in static if t is not None}
+    return [t.clone() if t is not None and t.untyped_storage().data_ptr() in taken else t for t in tensors]
+
+
 def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, config: dict | None = None):
     """Run one layer (all its directions) over the whole sequence, one kernel launch per step.
 
@@ -189,10 +216,11 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
     Returns output (T, B, D * H_out), h_n (D, B, H_out), c_n (D, B, H) in x's dtype, and a ForwardSaved when
     ``save`` (else None).
 
-    Between launches nothing runs on the host but the launch itself (``fast_launch``).
+    Between launches nothing runs on the host but the launch itself (``fast_launch``); with CUDA graphs on, the
+    whole loop is one graph replay (``graphs``).
     """
-    _, batch, _ = x.shape
-    num_directions, four_hidden, _ = w_hh.shape
+    seq_len, batch, input_size = x.shape
+    num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
 
     def ms():
@@ -200,10 +228,30 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
             return None
         return torch.empty(2, num_directions, batch, hidden, dtype=x.dtype, device=x.device)
 
-    buffers = prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
-    contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
-    _ForwardLoop(buffers, w_hh.contiguous(), contiguous_w_hr, ms(), lengths).run(config)
-    return finish_forward(buffers, lengths, x.dtype)
+    key = ("step_forward", seq_len, batch, hidden, h_out, num_directions, x.dtype, bias is not None,
+           w_hr is not None, lengths is not None, save, tuple(sorted((config or {}).items())))  # fmt: skip
+    graph = graphs.lookup(key, x, _forward_bytes(seq_len, batch, num_directions, hidden, h_out, x.dtype, save))
+    if graph is None:
+        buffers = prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
+        contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
+        _ForwardLoop(buffers, w_hh.contiguous(), contiguous_w_hr, ms(), lengths).run(config)
+        return finish_forward(buffers, lengths, x.dtype)
+
+    with graph:
+        loop = graph.static
+        if loop is None:
+            buffers = allocate_forward(seq_len, batch, num_directions, input_size, hidden, h_out, x.dtype, x.device,
+                                       bias=bias is not None, save=save)  # fmt: skip
+            loop = graph.static = _ForwardLoop(buffers, _like(w_hh), _like(w_hr), ms(), _like(lengths))
+        prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save, into=loop.buffers)
+        _copy_into((loop.w_hh, loop.w_hr, loop.lengths), (w_hh, w_hr, lengths))
+        graph.run(lambda: loop.run(config), {"step_forward_kernel": seq_len})
+        output, h_n, c_n, saved = finish_forward(loop.buffers, lengths, x.dtype)
+        static = (loop.buffers.hs, loop.buffers.cs, loop.buffers.gates)
+        output, h_n, c_n = _own((output, h_n, c_n), static)
+        if saved is not None:
+            saved = ForwardSaved(*_own((saved.hs, saved.gates, saved.cs), static))
+    return output, h_n, c_n, saved
 
 
 def prepare_backward(grad_output, grad_h_n, lengths, hidden: int, *, into: tuple | None = None):
@@ -294,6 +342,15 @@ class _BackwardLoop:
         launcher.run(range(seq_len - 1, -1, -1))
 
 
+def _backward_bytes(seq_len, batch, num_directions, hidden, h_out, dtype) -> int:
+    """Bytes of one backward call's buffers (what a CUDA graph of it keeps)."""
+    size, acc_size = torch.finfo(dtype).bits // 8, torch.finfo(accumulator_dtype(dtype)).bits // 8
+    rows = num_directions * batch
+    per_step = rows * acc_size * (4 * hidden * 2 + hidden + h_out)
+    weights = num_directions * 4 * hidden * h_out * size * 2
+    return (seq_len + 1) * per_step + 2 * rows * hidden * acc_size + weights
+
+
 def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved: ForwardSaved, lengths=None,
                   *, config: dict | None = None):  # fmt: skip
     """Gradients of one layer: the recurrence runs backwards one kernel launch per step, then the weight
@@ -315,12 +372,30 @@ def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, 
         return (empty(seq_len + 1, num_directions, batch, h_out), empty(2, num_directions, batch, hidden),
                 empty(seq_len, num_directions, batch, 4 * hidden))  # fmt: skip
 
-    contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
-    loop = _BackwardLoop(saved.gates, saved.cs, w_hh.contiguous(), contiguous_w_hr, *gradient_buffers(), lengths)
-    loop.d_hs[0].zero_()
-    prepare_backward(grad_output, grad_h_n, lengths, hidden, into=(loop.d_hs[1:], loop.d_gates))
-    loop.d_cs[seq_len % 2].copy_(grad_c_n)
-    loop.run(config)
-    d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = weight_gradients(loop.d_gates, loop.d_hs[1:], x, w_ih, w_hr, saved, lengths)
-    # d_h0 alone rather than the whole d_hs it is a slot of.
-    return d_x, loop.d_hs[0].clone(), loop.d_cs[0], d_w_ih, d_w_hh, d_bias, d_w_hr
+    key = ("step_backward", seq_len, batch, hidden, h_out, num_directions, x.dtype, w_hr is not None,
+           lengths is not None, tuple(sorted((config or {}).items())))  # fmt: skip
+    graph = graphs.lookup(key, x, _backward_bytes(seq_len, batch, num_directions, hidden, h_out, x.dtype))
+    with graph if graph is not None else contextlib.nullcontext():
+        if graph is None:
+            contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
+            loop = _BackwardLoop(saved.gates, saved.cs, w_hh.contiguous(), contiguous_w_hr, *gradient_buffers(),
+                                 lengths)  # fmt: skip
+        else:
+            loop = graph.static
+            if loop is None:
+                loop = graph.static = _BackwardLoop(_like(saved.gates), _like(saved.cs), _like(w_hh), _like(w_hr),
+                                                    *gradient_buffers(), _like(lengths))  # fmt: skip
+            _copy_into((loop.gates, loop.cs, loop.w_hh, loop.w_hr, loop.lengths),
+                       (saved.gates, saved.cs, w_hh, w_hr, lengths))  # fmt: skip
+        loop.d_hs[0].zero_()
+        prepare_backward(grad_output, grad_h_n, lengths, hidden, into=(loop.d_hs[1:], loop.d_gates))
+        loop.d_cs[seq_len % 2].copy_(grad_c_n)
+        if graph is None:
+            loop.run(config)
+        else:
+            graph.run(lambda: loop.run(config), {"step_backward_kernel": seq_len})
+        # Copies: d_h0 alone rather than the whole d_hs it is a slot of, and nothing a later replay overwrites.
+        d_h0, d_c0 = loop.d_hs[0].clone(), loop.d_cs[0].clone()
+        d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = weight_gradients(loop.d_gates, loop.d_hs[1:], x, w_ih, w_hr, saved,
+                                                               lengths)  # fmt: skip
+    return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr
