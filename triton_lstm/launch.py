@@ -1,9 +1,14 @@
 """Host launchers of the per-step kernels: check, allocate, pick the grid, launch once per time step.
 
+Every launch of a call gets the same arguments (whole buffers) but the step index, from which the kernels compute
+their offsets: the loop between launches runs no torch op (``fast_launch`` launches; ``graphs`` may replay the
+loop as a CUDA graph). What the shared helpers (``prepare_forward``, ``finish_forward``, ``prepare_backward``,
+``weight_gradients``) compute once per call is the fixed cost of a call.
+
 Layout conventions for one layer with D directions (D = 2 when bidirectional):
 - Stacked weights: w_ih (D, 4H, I), w_hh (D, 4H, H_out), bias (D, 4H) = b_ih + b_hh, w_hr (D, H_out, H).
 - Per-step buffers are kept in *step order*: index s holds time s for the forward direction and time T - 1 - s for
-  the reverse one, so every step reads and writes one contiguous (D, B, ...) slice for both directions.
+  the reverse one, so every step reads and writes one contiguous (D, B, ...) slot for both directions.
 - The cell state, saved gates and every gradient buffer use the accumulator dtype: float32, or float64 for float64.
 - Variable lengths: ``lengths`` (B,) int32 on the device, or None when every row has T steps. A row's reverse
   direction starts at its own end; h_n and c_n hold each row's state after its own last step.
