@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from triton_lstm import tuning
+from triton_lstm import fast_launch, graphs, tuning
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,24 @@ _KERNELS = {
 class TritonOnly:
     """Makes torch's LSTM op raise and counts Triton kernel launches while active.
 
-    ``launches`` counts by pass ("forward", "backward") and ``by_kernel`` by kernel name.
+    ``launches`` counts by pass ("forward", "backward") and ``by_kernel`` by kernel name, through every launch
+    path: Triton's own (``tuning.<kernel>[grid](...)``), the lean launches of ``fast_launch`` (on CUDA), and the
+    replays of ``graphs`` (each replay counts the launches captured in it; the capture itself runs nothing).
+    ``around_launch``, a context-manager factory, wraps every launch made through Triton's own path (e.g. to hide
+    the interpreter's tensor traffic from a dispatch mode that counts the launcher's torch ops).
     """
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, around_launch=None):
         self._monkeypatch = monkeypatch
+        self._around_launch = around_launch or contextlib.nullcontext
+        self._paused = 0
         self.launches = {"forward": 0, "backward": 0}
         self.by_kernel = dict.fromkeys(_KERNELS, 0)
+
+    def _count(self, name, times=1):
+        if name in _KERNELS and not self._paused:
+            self.launches[_KERNELS[name]] += times
+            self.by_kernel[name] += times
 
     def _counting(self, kernel, name):
         owner = self
@@ -119,9 +130,9 @@ class TritonOnly:
                 launch = kernel[grid]
 
                 def run(*args, **kwargs):
-                    owner.launches[_KERNELS[name]] += 1
-                    owner.by_kernel[name] += 1
-                    return launch(*args, **kwargs)
+                    owner._count(name)
+                    with owner._around_launch():
+                        return launch(*args, **kwargs)
 
                 return run
 
@@ -132,11 +143,33 @@ class TritonOnly:
         def refuse(*args, **kwargs):
             raise AssertionError("torch's own LSTM ran where the Triton kernels were asked for")
 
+        owner = self
+        lean_call, replay, capture = fast_launch.LeanLaunch.__call__, graphs.StepGraph.replay, graphs.StepGraph._capture
+
+        def lean(launch, step):
+            owner._count(launch.name)
+            return lean_call(launch, step)
+
+        def replayed(graph):
+            for name, times in graph.launches.items():
+                owner._count(name, times)
+            return replay(graph)
+
+        def captured(graph, loop):
+            owner._paused += 1
+            try:
+                return capture(graph, loop)
+            finally:
+                owner._paused -= 1
+
         with self._monkeypatch.context() as patch:
             patch.setattr(torch, "lstm", refuse)
             patch.setattr(torch._VF, "lstm", refuse, raising=False)
             for name in _KERNELS:
                 patch.setattr(tuning, name, self._counting(getattr(tuning, name), name))
+            patch.setattr(fast_launch.LeanLaunch, "__call__", lean)
+            patch.setattr(graphs.StepGraph, "replay", replayed)
+            patch.setattr(graphs.StepGraph, "_capture", captured)
             yield self
 
 

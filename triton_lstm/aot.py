@@ -120,8 +120,10 @@ def _specialize(kernel, pointers: dict, constexprs: dict, batch: int) -> tuple[d
     signature, constexprs, attrs = {}, dict(constexprs), {}
     for index, param in enumerate(kernel.params):
         name = param.name
-        if name in constexprs:
+        if name in constexprs or (param.is_constexpr and param.has_default):
+            # A constexpr the launchers leave out takes its default, as at a launch.
             signature[name] = "constexpr"
+            constexprs.setdefault(name, param.default)
             continue
         value = batch if name == "batch" else 16
         if name in pointers:
@@ -140,20 +142,20 @@ def _specialize(kernel, pointers: dict, constexprs: dict, batch: int) -> tuple[d
 def _step_forward(dtype, config, arch):
     acc = _accumulator(dtype)
     operand = _operand(dtype)
-    pointers = {name: f"*{operand}" for name in ("x_proj_ptr", "h_prev_ptr", "w_hh_ptr", "h_out_ptr")}
-    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "c_prev_ptr", "c_out_ptr", "gates_out_ptr")})
+    pointers = {name: f"*{operand}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "ms_ptr")}
+    pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers["lengths_ptr"] = "*i32"
-    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE_GATES": True,
-                  "UPCAST": False, **_tf32(lstm_step_forward_kernel, dtype), **config}  # fmt: skip
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_BIAS": True, "HAS_LENGTHS": True, "SAVE": True, "UPCAST": False,
+                  **_tf32(lstm_step_forward_kernel, dtype), **config}  # fmt: skip
     return pointers, constexprs, STEP_BATCH
 
 
 def _step_backward(dtype, config, arch):
     acc = _accumulator(dtype)
     pointers = {name: f"*{acc}" for name in lstm_step_backward_kernel.arg_names if name.endswith("_ptr")}
-    pointers.update({"w_hh_ptr": f"*{_operand(dtype)}", "d_out_prev_ptr": f"*{acc}", "lengths_ptr": "*i32"})
-    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_D_OUT_PREV": True, "HAS_LENGTHS": True,
-                  **_tf32(lstm_step_backward_kernel, dtype), **config}  # fmt: skip
+    pointers.update({"w_hh_ptr": f"*{_operand(dtype)}", "w_hr_ptr": f"*{_operand(dtype)}", "lengths_ptr": "*i32"})
+    constexprs = {"HIDDEN": 1024, "H_OUT": 1024, "HAS_LENGTHS": True, **_tf32(lstm_step_backward_kernel, dtype),
+                  **config}  # fmt: skip
     return pointers, constexprs, STEP_BATCH
 
 
@@ -230,6 +232,12 @@ def _spaces(full: bool):
         return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
 
     # Step configs that the runtime prunes for a dtype (tuning.fits) are not shipped for it: compile_row skips them.
+    # Each is compiled with and without the in-kernel projection (proj_size > 0), a separate path of their code.
+    def with_projection(configs):
+        return [
+            ({**meta, "HAS_PROJ": proj}, warps, stages) for proj in (False, True) for meta, warps, stages in configs
+        ]
+
     step_forward = from_tuning(tuning.forward_configs())
     step_backward = from_tuning(tuning.backward_configs())
     if not full:
@@ -237,6 +245,7 @@ def _spaces(full: bool):
         # kernel.
         step_forward = [step_forward[0], step_forward[-1]]
         step_backward = [step_backward[0], step_backward[-1]]
+    step_forward, step_backward = with_projection(step_forward), with_projection(step_backward)
     models = PERSISTENT_MODELS if full else PERSISTENT_SUBSET
     return [
         ("step_forward", lstm_step_forward_kernel, _step_forward, step_forward),
@@ -317,7 +326,7 @@ def compile_row(name, kernel, describe, config, dtype, arch) -> Row | None:
     label = ",".join(f"{k}={v}" for k, v in meta.items()) + f",warps={num_warps},stages={num_stages}"
     row = Row(name, label, dtype, arch)
     shipped = triton.Config(meta, num_warps=num_warps, num_stages=num_stages)
-    if not tuning.fits(shipped, int(_operand(dtype)[2:])):
+    if not tuning.fits(shipped, int(_operand(dtype)[2:]), meta.get("HAS_PROJ", False)):
         return None
     pointers, constexprs, batch = describe(dtype, dict(meta), arch)
     _resources(row, kernel, pointers, constexprs, batch, {"num_warps": num_warps, "num_stages": num_stages})

@@ -1,20 +1,26 @@
 """Host launchers of the per-step kernels: check, allocate, pick the grid, launch once per time step.
 
+Every launch of a call gets the same arguments (whole buffers) but the step index, from which the kernels compute
+their offsets: the loop between launches runs no torch op (``fast_launch`` launches; ``graphs`` may replay the
+loop as a CUDA graph). What the shared helpers (``prepare_forward``, ``finish_forward``, ``prepare_backward``,
+``weight_gradients``) compute once per call is the fixed cost of a call.
+
 Layout conventions for one layer with D directions (D = 2 when bidirectional):
 - Stacked weights: w_ih (D, 4H, I), w_hh (D, 4H, H_out), bias (D, 4H) = b_ih + b_hh, w_hr (D, H_out, H).
 - Per-step buffers are kept in *step order*: index s holds time s for the forward direction and time T - 1 - s for
-  the reverse one, so every step reads and writes one contiguous (D, B, ...) slice for both directions.
+  the reverse one, so every step reads and writes one contiguous (D, B, ...) slot for both directions.
 - The cell state, saved gates and every gradient buffer use the accumulator dtype: float32, or float64 for float64.
 - Variable lengths: ``lengths`` (B,) int32 on the device, or None when every row has T steps. A row's reverse
   direction starts at its own end; h_n and c_n hold each row's state after its own last step.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from triton_lstm import tuning
+from triton_lstm import fast_launch, graphs, precision, tuning
 
 
 def accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -94,26 +100,41 @@ class ForwardBuffers:
         return step if self.save else step % 2
 
 
-def prepare_forward(x, h0, c0, w_ih, bias, hidden: int, *, save: bool) -> ForwardBuffers:
-    """The input projection of every step (one GEMM for all directions) and the state buffers."""
-    seq_len, batch, input_size = x.shape
-    num_directions, _, h_out = h0.shape
-    acc_dtype = accumulator_dtype(x.dtype)
-    x_proj = torch.matmul(x.reshape(seq_len * batch, input_size), w_ih.reshape(-1, input_size).t())
-    hs = torch.empty(seq_len + 1, num_directions, batch, h_out, dtype=x.dtype, device=x.device)
-    hs[0] = h0
-    cs = torch.empty(seq_len + 1 if save else 2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
-    cs[0] = c0
-    gate_steps = seq_len if save else 1
-    gates = torch.empty(gate_steps, num_directions, batch, 4 * hidden, dtype=acc_dtype, device=x.device)
+def allocate_forward(seq_len, batch, num_directions, input_size, hidden, h_out, dtype, device, *, bias: bool,
+                     save: bool, projected: int | None = None) -> ForwardBuffers:  # fmt: skip
+    """Uninitialised buffers of one forward call (``prepare_forward`` fills them). ``projected``: the directions whose
+    input projection x_proj holds, when not all (a stack's layers take the directions' place, and only layer 0's input
+    is projected before its launch)."""
+    acc_dtype = accumulator_dtype(dtype)
+
+    def empty(*shape, dtype=acc_dtype):
+        return torch.empty(*shape, dtype=dtype, device=device)
+
     return ForwardBuffers(
-        x_proj=x_proj.view(seq_len, batch, w_ih.shape[0] * w_ih.shape[1]),
-        bias=bias.to(acc_dtype).contiguous() if bias is not None else None,
-        hs=hs,
-        cs=cs,
-        gates=gates,
+        x_proj=empty(seq_len, batch, (projected or num_directions) * 4 * hidden, dtype=dtype),
+        bias=empty(num_directions, 4 * hidden) if bias else None,
+        hs=empty(seq_len + 1, num_directions, batch, h_out, dtype=dtype),
+        cs=empty(seq_len + 1 if save else 2, num_directions, batch, hidden),
+        gates=empty(seq_len if save else 1, num_directions, batch, 4 * hidden),
         save=save,
     )
+
+
+def prepare_forward(x, h0, c0, w_ih, bias, hidden: int, *, save: bool, into: ForwardBuffers | None = None):
+    """The input projection of every step (one GEMM for all directions) and the state buffers: new ones, or
+    ``into`` (buffers of the same sizes, e.g. a CUDA graph's static ones) filled in place."""
+    seq_len, batch, input_size = x.shape
+    num_directions, _, h_out = h0.shape
+    if into is None:
+        into = allocate_forward(seq_len, batch, num_directions, input_size, hidden, h_out, x.dtype, x.device,
+                                bias=bias is not None, save=save, projected=w_ih.shape[0])  # fmt: skip
+    torch.matmul(x.reshape(seq_len * batch, input_size), w_ih.reshape(-1, input_size).t(),
+                 out=into.x_proj.view(seq_len * batch, into.x_proj.shape[-1]))  # fmt: skip
+    into.hs[0].copy_(h0)
+    into.cs[0].copy_(c0)
+    if bias is not None:
+        into.bias.copy_(bias)
+    return into
 
 
 def finish_forward(buffers: ForwardBuffers, lengths, dtype):
@@ -121,12 +142,77 @@ def finish_forward(buffers: ForwardBuffers, lengths, dtype):
     hs = buffers.hs
     seq_len, batch = hs.shape[0] - 1, hs.shape[2]
     output = from_step_order(hs[1:], lengths)
-    last, rows = _last_steps(lengths, seq_len, batch, hs.device)
-    h_n = hs[last + 1, :, rows].transpose(0, 1).contiguous()
+    if lengths is None:
+        h_n = hs[seq_len].clone()  # a copy: a view would keep (and make the custom op clone) all of hs
+    else:
+        last, rows = _last_steps(lengths, seq_len, batch, hs.device)
+        h_n = hs[last + 1, :, rows].transpose(0, 1).contiguous()
     # Rows past their length kept their cell state, so the final slot holds every row's own last c.
     c_n = buffers.cs[buffers.c_slot(seq_len)].to(dtype, copy=True)
     saved = ForwardSaved(hs=hs, gates=buffers.gates, cs=buffers.cs) if buffers.save else None
     return output, h_n, c_n, saved
+
+
+@dataclass
+class _ForwardLoop:
+    """Every tensor the per-step forward kernel touches in one call (its launches differ only in the step)."""
+
+    buffers: ForwardBuffers
+    w_hh: torch.Tensor  # (D, 4H, H_out), contiguous
+    w_hr: torch.Tensor | None  # (D, H_out, H), contiguous
+    ms: torch.Tensor | None  # (2, D, B, H), input dtype: o * tanh(c) of the last two steps, with a projection
+    lengths: torch.Tensor | None
+
+    def run(self, config: dict | None) -> None:
+        """Launch the kernel for every step, then project the last step's m into hs[T]."""
+        b = self.buffers
+        seq_len, num_directions, batch, h_out = b.hs.shape
+        seq_len -= 1
+        hidden = b.cs.shape[-1]
+        if seq_len == 0 or batch == 0:
+            return
+        args = [b.x_proj, b.bias if b.bias is not None else b.cs, self.w_hh,
+                self.w_hr if self.w_hr is not None else self.w_hh, b.hs, self.ms if self.ms is not None else b.hs,
+                b.cs, b.gates, self.lengths if self.lengths is not None else b.cs, 0, seq_len, batch]  # fmt: skip
+        meta = {"HIDDEN": hidden, "H_OUT": h_out, "HAS_BIAS": b.bias is not None, "HAS_PROJ": self.w_hr is not None,
+                "HAS_LENGTHS": self.lengths is not None, "SAVE": b.save, "UPCAST": upcast_dot(b.hs.dtype),
+                "TF32": precision.use_tf32(b.hs.dtype, b.hs.device),
+                **(config or {})}  # fmt: skip
+
+        def grid(m):
+            return triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(hidden, m["BLOCK_H"]), num_directions
+
+        name = "step_forward_kernel" if config is None else "lstm_step_forward_kernel"
+        launcher = fast_launch.StepLauncher(name, getattr(tuning, name), grid, args, 9, "step", meta)
+        launcher.run(range(seq_len))
+        if self.w_hr is not None:
+            torch.bmm(self.ms[(seq_len - 1) % 2], self.w_hr.transpose(1, 2), out=b.hs[seq_len])
+
+
+def _forward_bytes(seq_len, batch, num_directions, hidden, h_out, dtype, save: bool) -> int:
+    """Bytes of one forward call's buffers (what a CUDA graph of it keeps)."""
+    size, acc_size = torch.finfo(dtype).bits // 8, torch.finfo(accumulator_dtype(dtype)).bits // 8
+    rows = num_directions * batch
+    per_step = rows * (4 * hidden * size + h_out * size + (hidden + 4 * hidden) * acc_size * save)
+    weights = num_directions * 4 * hidden * h_out * size * 2
+    return (seq_len + 2) * per_step + 4 * rows * hidden * acc_size + weights
+
+
+def _like(t: torch.Tensor | None) -> torch.Tensor | None:
+    """An uninitialised contiguous buffer shaped like ``t`` (a CUDA graph's static copy of it)."""
+    return torch.empty_like(t, memory_format=torch.contiguous_format) if t is not None else None
+
+
+def _copy_into(statics, givens) -> None:
+    for static, given in zip(statics, givens, strict=True):
+        if static is not None:
+            static.copy_(given)
+
+
+def _own(tensors, static) -> list:
+    """Each tensor, cloned when it shares memory with one of the ``static`` buffers (of a CUDA graph)."""
+    taken = {t.untyped_storage().data_ptr() for t in static if t is not None}
+    return [t.clone() if t is not None and t.untyped_storage().data_ptr() in taken else t for t in tensors]
 
 
 def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool, config: dict | None = None):
@@ -137,54 +223,65 @@ def step_forward(x, h0, c0, w_ih, w_hh, bias, w_hr, lengths=None, *, save: bool,
     fixed meta-parameters (tests).
     Returns output (T, B, D * H_out), h_n (D, B, H_out), c_n (D, B, H) in x's dtype, and a ForwardSaved when
     ``save`` (else None).
+
+    Between launches nothing runs on the host but the launch itself (``fast_launch``); with CUDA graphs on, the
+    whole loop is one graph replay (``graphs``).
     """
-    seq_len, batch, _ = x.shape
+    seq_len, batch, input_size = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
-    buffers = prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
-    x_proj, hs, cs = buffers.x_proj, buffers.hs, buffers.cs
-    w_hh = w_hh.contiguous()
-    w_hr_t = w_hr.transpose(1, 2) if w_hr is not None else None
-    unprojected = (
-        torch.empty(num_directions, batch, hidden, dtype=x.dtype, device=x.device) if w_hr is not None else None
-    )
 
-    meta = {} if config is None else dict(config)
-    kernel = tuning.step_forward_kernel if config is None else tuning.lstm_step_forward_kernel
-    grid = lambda m: (triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(hidden, m["BLOCK_H"]), num_directions)  # noqa: E731
-    for step in range(seq_len if batch > 0 else 0):
-        h_prev, c_prev, c_out = hs[step], cs[buffers.c_slot(step)], cs[buffers.c_slot(step + 1)]
-        h_target = unprojected if w_hr is not None else hs[step + 1]
-        gates_out = buffers.gates[step if save else 0]
-        kernel[grid](
-            x_proj, buffers.bias if buffers.bias is not None else c_out, h_prev, c_prev, w_hh, h_target, c_out,
-            lengths if lengths is not None else c_out, gates_out,
-            step, seq_len, batch,
-            x_proj.stride(0), x_proj.stride(1),
-            h_prev.stride(0), h_prev.stride(1),
-            c_prev.stride(0), c_prev.stride(1),
-            h_target.stride(0), h_target.stride(1),
-            c_out.stride(0), c_out.stride(1),
-            gates_out.stride(0), gates_out.stride(1),
-            HIDDEN=hidden, H_OUT=h_out, HAS_BIAS=buffers.bias is not None, HAS_LENGTHS=lengths is not None,
-            SAVE_GATES=save, UPCAST=upcast_dot(x.dtype), **meta,
-        )  # fmt: skip
-        if w_hr is not None:
-            torch.bmm(unprojected, w_hr_t, out=hs[step + 1])
-    return finish_forward(buffers, lengths, x.dtype)
+    def ms():
+        if w_hr is None:
+            return None
+        return torch.empty(2, num_directions, batch, hidden, dtype=x.dtype, device=x.device)
+
+    tf32 = precision.use_tf32(x.dtype, x.device)
+    key = ("step_forward", seq_len, batch, hidden, h_out, num_directions, x.dtype, tf32,
+           bias is not None, w_hr is not None, lengths is not None, save,
+           tuple(sorted((config or {}).items())))  # fmt: skip
+    graph = graphs.lookup(key, x, _forward_bytes(seq_len, batch, num_directions, hidden, h_out, x.dtype, save))
+    if graph is None:
+        buffers = prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save)
+        contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
+        _ForwardLoop(buffers, w_hh.contiguous(), contiguous_w_hr, ms(), lengths).run(config)
+        return finish_forward(buffers, lengths, x.dtype)
+
+    with graph:
+        loop = graph.static
+        if loop is None:
+            buffers = allocate_forward(seq_len, batch, num_directions, input_size, hidden, h_out, x.dtype, x.device,
+                                       bias=bias is not None, save=save)  # fmt: skip
+            loop = graph.static = _ForwardLoop(buffers, _like(w_hh), _like(w_hr), ms(), _like(lengths))
+        prepare_forward(x, h0, c0, w_ih, bias, hidden, save=save, into=loop.buffers)
+        _copy_into((loop.w_hh, loop.w_hr, loop.lengths), (w_hh, w_hr, lengths))
+        graph.run(lambda: loop.run(config), {"step_forward_kernel": seq_len})
+        output, h_n, c_n, saved = finish_forward(loop.buffers, lengths, x.dtype)
+        static = (loop.buffers.hs, loop.buffers.cs, loop.buffers.gates)
+        output, h_n, c_n = _own((output, h_n, c_n), static)
+        if saved is not None:
+            saved = ForwardSaved(*_own((saved.hs, saved.gates, saved.cs), static))
+    return output, h_n, c_n, saved
 
 
-def prepare_backward(grad_output, grad_h_n, lengths, hidden: int):
+def prepare_backward(grad_output, grad_h_n, lengths, hidden: int, *, into: tuple | None = None):
     """Upstream gradient of every step's h in step order, (T, D, B, H_out) in the accumulator dtype: the output's,
-    plus h_n's at each row's last step; and the buffer of gate gradients (T, D, B, 4H)."""
+    plus h_n's at each row's last step; and the buffer of gate gradients (T, D, B, 4H). ``into``: the two buffers
+    to use instead of new ones (the first is filled)."""
     seq_len, batch, _ = grad_output.shape
     num_directions, _, h_out = grad_h_n.shape
     acc_dtype = accumulator_dtype(grad_output.dtype)
-    d_out_steps = torch.empty(seq_len, num_directions, batch, h_out, dtype=acc_dtype, device=grad_output.device)
+    device = grad_output.device
+    if into is None:
+        into = (torch.empty(seq_len, num_directions, batch, h_out, dtype=acc_dtype, device=device),
+                torch.empty(seq_len, num_directions, batch, 4 * hidden, dtype=acc_dtype, device=device))  # fmt: skip
+    d_out_steps, d_gates = into
     d_out_steps.copy_(to_step_order(grad_output, num_directions, lengths))
-    last, rows = _last_steps(lengths, seq_len, batch, grad_output.device)
-    d_out_steps[last, :, rows] += grad_h_n.transpose(0, 1).to(acc_dtype)
-    d_gates = torch.empty(seq_len, num_directions, batch, 4 * hidden, dtype=acc_dtype, device=grad_output.device)
+    if lengths is None:
+        d_out_steps[seq_len - 1] += grad_h_n
+    else:
+        last, rows = _last_steps(lengths, seq_len, batch, device)
+        d_out_steps[last, :, rows] += grad_h_n.transpose(0, 1).to(acc_dtype)
     return d_out_steps, d_gates
 
 
@@ -222,6 +319,49 @@ def weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved: ForwardSaved, lengths)
     return d_x.view(seq_len, batch, input_size), d_w_ih, d_w_hh, d_bias, d_w_hr
 
 
+@dataclass
+class _BackwardLoop:
+    """Every tensor the per-step backward kernel touches in one call (its launches differ only in the step)."""
+
+    gates: torch.Tensor  # (T, D, B, 4H), saved by the forward
+    cs: torch.Tensor  # (T + 1, D, B, H), saved by the forward
+    w_hh: torch.Tensor  # (D, 4H, H_out), contiguous
+    w_hr: torch.Tensor | None  # (D, H_out, H), contiguous
+    d_hs: torch.Tensor  # (T + 1, D, B, H_out): slot s + 1 = dL/dh_s, slot 0 = dL/dh0 (see the kernel)
+    d_cs: torch.Tensor  # (2, D, B, H): dL/dc, alternating
+    d_gates: torch.Tensor  # (T, D, B, 4H)
+    lengths: torch.Tensor | None
+
+    def run(self, config: dict | None) -> None:
+        """Launch the kernel for every step, last to first."""
+        seq_len, num_directions, batch, h_out = self.d_hs.shape
+        seq_len -= 1
+        hidden = self.d_cs.shape[-1]
+        if seq_len == 0 or batch == 0:
+            return
+        args = [self.gates, self.cs, self.w_hh, self.w_hr if self.w_hr is not None else self.w_hh, self.d_hs,
+                self.d_cs, self.d_gates, self.lengths if self.lengths is not None else self.d_cs, 0, batch]  # fmt: skip
+        meta = {"HIDDEN": hidden, "H_OUT": h_out, "HAS_PROJ": self.w_hr is not None,
+                "HAS_LENGTHS": self.lengths is not None, "TF32": precision.use_tf32(self.w_hh.dtype, self.w_hh.device),
+                **(config or {})}  # fmt: skip
+
+        def grid(m):
+            return triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(h_out, m["BLOCK_N"]), num_directions
+
+        name = "step_backward_kernel" if config is None else "lstm_step_backward_kernel"
+        launcher = fast_launch.StepLauncher(name, getattr(tuning, name), grid, args, 8, "step", meta)
+        launcher.run(range(seq_len - 1, -1, -1))
+
+
+def _backward_bytes(seq_len, batch, num_directions, hidden, h_out, dtype) -> int:
+    """Bytes of one backward call's buffers (what a CUDA graph of it keeps)."""
+    size, acc_size = torch.finfo(dtype).bits // 8, torch.finfo(accumulator_dtype(dtype)).bits // 8
+    rows = num_directions * batch
+    per_step = rows * acc_size * (4 * hidden * 2 + hidden + h_out)
+    weights = num_directions * 4 * hidden * h_out * size * 2
+    return (seq_len + 1) * per_step + 2 * rows * hidden * acc_size + weights
+
+
 def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, saved: ForwardSaved, lengths=None,
                   *, config: dict | None = None):  # fmt: skip
     """Gradients of one layer: the recurrence runs backwards one kernel launch per step, then the weight
@@ -234,42 +374,40 @@ def step_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, w_hr, 
     seq_len, batch, _ = x.shape
     num_directions, four_hidden, h_out = w_hh.shape
     hidden = four_hidden // 4
-    d_out_steps, d_gates = prepare_backward(grad_output, grad_h_n, lengths, hidden)
-    acc_dtype = d_gates.dtype
-    w_hh = w_hh.contiguous()
-    w_hr_acc = w_hr.to(acc_dtype) if w_hr is not None else None
-    d_h_slots = torch.empty(2, num_directions, batch, h_out, dtype=acc_dtype, device=x.device)
-    d_c_slots = torch.empty(2, num_directions, batch, hidden, dtype=acc_dtype, device=x.device)
-    # dL/dh_t of every step: d_out_steps[s] becomes it once the recurrent part is added (the projection's
-    # weight gradient reads them all).
-    d_h = d_out_steps[-1]
-    d_c = grad_c_n.to(acc_dtype).contiguous()
-    kernel = tuning.step_backward_kernel if config is None else tuning.lstm_step_backward_kernel
-    meta = {} if config is None else dict(config)
-    grid = lambda m: (triton.cdiv(batch, m["BLOCK_B"]), triton.cdiv(h_out, m["BLOCK_N"]), num_directions)  # noqa: E731
-    for step in range(seq_len - 1 if batch > 0 else -1, -1, -1):
-        d_m = torch.bmm(d_h, w_hr_acc) if w_hr is not None else d_h
-        c_prev, c = saved.cs[step], saved.cs[step + 1]
-        d_out_prev = d_out_steps[step - 1] if step > 0 else d_m
-        d_h_prev = d_h_slots[step % 2]
-        d_c_prev = d_c_slots[step % 2]
-        kernel[grid](
-            d_m, d_c, saved.gates[step], c, c_prev, w_hh, d_out_prev, d_gates[step], d_c_prev, d_h_prev,
-            lengths if lengths is not None else d_c, step, batch,
-            d_m.stride(0), d_m.stride(1),
-            d_c.stride(0), d_c.stride(1),
-            saved.gates.stride(1), saved.gates.stride(2),
-            c.stride(0), c.stride(1),
-            c_prev.stride(0), c_prev.stride(1),
-            d_out_prev.stride(0), d_out_prev.stride(1),
-            d_gates.stride(1), d_gates.stride(2),
-            d_c_prev.stride(0), d_c_prev.stride(1),
-            d_h_prev.stride(0), d_h_prev.stride(1),
-            HIDDEN=hidden, H_OUT=h_out, HAS_D_OUT_PREV=step > 0, HAS_LENGTHS=lengths is not None, **meta,
-        )  # fmt: skip
-        if step > 0:
-            d_out_steps[step - 1] = d_h_prev
-        d_h, d_c = d_h_prev, d_c_prev
+    acc_dtype = accumulator_dtype(x.dtype)
 
-    d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = weight_gradients(d_gates, d_out_steps, x, w_ih, w_hr, saved, lengths)
-    return d_x, d_h, d_c, d_w_ih, d_w_hh, d_bias, d_w_hr
+    def gradient_buffers():
+        def empty(*shape):
+            return torch.empty(*shape, dtype=acc_dtype, device=x.device)
+
+        return (empty(seq_len + 1, num_directions, batch, h_out), empty(2, num_directions, batch, hidden),
+                empty(seq_len, num_directions, batch, 4 * hidden))  # fmt: skip
+
+    tf32 = precision.use_tf32(x.dtype, x.device)
+    key = ("step_backward", seq_len, batch, hidden, h_out, num_directions, x.dtype, tf32, w_hr is not None,
+           lengths is not None, tuple(sorted((config or {}).items())))  # fmt: skip
+    graph = graphs.lookup(key, x, _backward_bytes(seq_len, batch, num_directions, hidden, h_out, x.dtype))
+    with graph if graph is not None else contextlib.nullcontext():
+        if graph is None:
+            contiguous_w_hr = w_hr.contiguous() if w_hr is not None else None
+            loop = _BackwardLoop(saved.gates, saved.cs, w_hh.contiguous(), contiguous_w_hr, *gradient_buffers(),
+                                 lengths)  # fmt: skip
+        else:
+            loop = graph.static
+            if loop is None:
+                loop = graph.static = _BackwardLoop(_like(saved.gates), _like(saved.cs), _like(w_hh), _like(w_hr),
+                                                    *gradient_buffers(), _like(lengths))  # fmt: skip
+            _copy_into((loop.gates, loop.cs, loop.w_hh, loop.w_hr, loop.lengths),
+                       (saved.gates, saved.cs, w_hh, w_hr, lengths))  # fmt: skip
+        loop.d_hs[0].zero_()
+        prepare_backward(grad_output, grad_h_n, lengths, hidden, into=(loop.d_hs[1:], loop.d_gates))
+        loop.d_cs[seq_len % 2].copy_(grad_c_n)
+        if graph is None:
+            loop.run(config)
+        else:
+            graph.run(lambda: loop.run(config), {"step_backward_kernel": seq_len})
+        # Copies: d_h0 alone rather than the whole d_hs it is a slot of, and nothing a later replay overwrites.
+        d_h0, d_c0 = loop.d_hs[0].clone(), loop.d_cs[0].clone()
+        d_x, d_w_ih, d_w_hh, d_bias, d_w_hr = weight_gradients(loop.d_gates, loop.d_hs[1:], x, w_ih, w_hr, saved,
+                                                               lengths)  # fmt: skip
+    return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr

@@ -81,24 +81,32 @@ def backward_configs() -> list[triton.Config]:
     return _space(_configs(("BLOCK_B", "BLOCK_N", "BLOCK_U"), rows), _INTERPRETER_BACKWARD)
 
 
-def fits(config: triton.Config, dtype_bits: int) -> bool:
+def fits(config: triton.Config, dtype_bits: int, projection: bool = False) -> bool:
     """Whether a step-kernel config compiles without spills for this element size (aot report, sm_80 and sm_90,
     Triton 3.6 and 3.9): float64 tiles are twice as large, and past 16 x 32 they spill on sm_90. The float32
     forward (exact products on FMA units) with 64-wide reduction chunks needs 8 warps and at most 4 outputs per
     thread: Triton 3.9 (no SLP vectorizer on sm_80) spills 476 bytes at 255 registers on sm_80 with 8 outputs a
-    thread (16 x 64 with 4 warps, 32 x 64 with 8), and 24 bytes at 80 registers on sm_90 with 16 x 32 and 4 warps."""
+    thread (16 x 64 with 4 warps, 32 x 64 with 8), and 24 bytes at 80 registers on sm_90 with 16 x 32 and 4 warps.
+    The forward's in-kernel projection (``projection``) in float32 and float64 keeps a fifth accumulator and its
+    operands live: only 16 x 32 tiles with 32-wide chunks and 4 warps compile without spills on both versions and
+    arches (16 x 64 with 4 warps spills 20 bytes at 255 registers on sm_90; with 8 warps ptxas caps registers at 128
+    and spills 8 to 424 bytes)."""
     blocks = config.kwargs
     tile = blocks["BLOCK_B"] * max(blocks.get("BLOCK_H", 0), blocks.get("BLOCK_N", 0))
+    projected_wide = projection and dtype_bits >= 32 and "BLOCK_K" in blocks
+    if projected_wide and (blocks["BLOCK_K"] > 32 or tile > 16 * 32 or config.num_warps > 4):
+        return False
     if dtype_bits == 32 and blocks.get("BLOCK_K", 0) >= 64:
         return config.num_warps >= 8 and tile <= 4 * 32 * config.num_warps
     return dtype_bits < 64 or tile <= 16 * 32
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop configs that spill for this dtype, and batch tiles taller than the batch needs."""
+    """Drop configs that spill for this dtype (and projection), and batch tiles taller than the batch needs."""
     limit = _min_block_b(named_args["batch"])
     bits = named_args["w_hh_ptr"].dtype.itemsize * 8
-    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= limit and fits(c, bits)]
+    projection = bool(kwargs.get("HAS_PROJ", False))
+    kept = [c for c in configs if c.kwargs["BLOCK_B"] <= limit and fits(c, bits, projection)]
     return kept or configs[:1]
 
 
@@ -114,8 +122,12 @@ def _tuned(kernel, configs, key, prune=None, **kwargs):
 # Keys are the model sizes and the batch (never the sequence length, which changes per call); tensor dtypes are
 # part of every autotune key already.
 _SIZES = ["HIDDEN", "H_OUT", "batch"]
-step_forward_kernel = _tuned(lstm_step_forward_kernel, forward_configs(), _SIZES, _prune)
-step_backward_kernel = _tuned(lstm_step_backward_kernel, backward_configs(), _SIZES, _prune)
+# The step kernels' projection path has its own register budget (``fits``), so its own tuned configs.
+step_forward_kernel = _tuned(lstm_step_forward_kernel, forward_configs(), [*_SIZES, "HAS_PROJ"], _prune)
+# The step backward adds into d_hs in place: benchmarking, which reruns a launch, restores it.
+step_backward_kernel = _tuned(
+    lstm_step_backward_kernel, backward_configs(), [*_SIZES, "HAS_PROJ"], _prune, restore_value=["d_hs_ptr"]
+)
 # The persistent kernels take their tiles and warps from the launcher's plan, which sizes them to the device (its SM
 # count and shared memory): nothing is left to time per call.
 persistent_forward_kernel = lstm_persistent_forward_kernel

@@ -141,7 +141,7 @@ def lstm_persistent_forward_kernel(
         above_rows = (layer + 0 * o_b) > 0
         if RESIDENT:
             w_input = load_gate_columns(w_in, rows, rows_ok & ((layer + 0 * rows) > 0), 0, BLOCK_K, K_SPLIT, H_OUT)
-        p_below = hs_ptr + (tl.maximum(layer, 1) - 1) * batch * H_OUT + o_b64 * H_OUT  # (BLOCK_B,) rows of slot 0
+        p_below = hs_ptr + ((tl.maximum(layer, 1) - 1) * batch + o_b64) * H_OUT  # (BLOCK_B,) rows of slot 0
         p_mask = mask_ptr + (tl.maximum(layer, 1) - 1).to(tl.int64) * seq_len * batch * H_OUT + o_b64 * H_OUT
     if HAS_BIAS:
         p_bias = bias_ptr + i_g * (4 * HIDDEN) + o_u
@@ -198,7 +198,7 @@ def lstm_persistent_forward_kernel(
                     # Layers above the first: the input projection of the layer below's output at this time step
                     # (written one wavefront step ago), through its dropout mask in training.
                     p_in = p_below + (step + 1) * hs_slot
-                    p_scale = p_mask + step * batch * H_OUT
+                    p_scale = p_mask + step.to(tl.int64) * batch * H_OUT
                     m_in = m_b & above_rows
                     if RESIDENT:
                         acc = resident_product(p_in, m_in, w_input, acc, H_OUT, BLOCK_K, K_SPLIT, UPCAST, TF32,
