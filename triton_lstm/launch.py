@@ -73,7 +73,7 @@ def from_step_order(steps: torch.Tensor, lengths: torch.Tensor | None = None) ->
     return torch.cat((steps[:, 0], _reverse_in_time(steps[:, 1], lengths)), dim=-1)
 
 
-def _last_steps(lengths: torch.Tensor | None, seq_len: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def last_steps(lengths: torch.Tensor | None, seq_len: int, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(step, row) index pairs of each row's last step, for gathering h_n and scattering its gradient."""
     rows = torch.arange(batch, device=device)
     last = lengths.long() - 1 if lengths is not None else torch.full_like(rows, seq_len - 1)
@@ -145,7 +145,7 @@ def finish_forward(buffers: ForwardBuffers, lengths, dtype):
     if lengths is None:
         h_n = hs[seq_len].clone()  # a copy: a view would keep (and make the custom op clone) all of hs
     else:
-        last, rows = _last_steps(lengths, seq_len, batch, hs.device)
+        last, rows = last_steps(lengths, seq_len, batch, hs.device)
         h_n = hs[last + 1, :, rows].transpose(0, 1).contiguous()
     # Rows past their length kept their cell state, so the final slot holds every row's own last c.
     c_n = buffers.cs[buffers.c_slot(seq_len)].to(dtype, copy=True)
@@ -280,9 +280,34 @@ def prepare_backward(grad_output, grad_h_n, lengths, hidden: int, *, into: tuple
     if lengths is None:
         d_out_steps[seq_len - 1] += grad_h_n
     else:
-        last, rows = _last_steps(lengths, seq_len, batch, device)
+        last, rows = last_steps(lengths, seq_len, batch, device)
         d_out_steps[last, :, rows] += grad_h_n.transpose(0, 1).to(acc_dtype)
     return d_out_steps, d_gates
+
+
+def step_rows(steps: torch.Tensor) -> torch.Tensor:
+    """(T, D, B, N) -> (D, T * B, N): every step's rows of each direction (or layer), for GEMMs over all steps."""
+    seq_len, num_directions, batch, width = steps.shape
+    return steps.transpose(0, 1).reshape(num_directions, seq_len * batch, width)
+
+
+def recurrent_weight_gradients(d_gates, d_hs, w_hr, saved: ForwardSaved):
+    """Gradients of W_hh, of the bias and of W_hr as GEMMs over all steps, per direction (or stacked layer).
+
+    d_gates: (T, D, B, 4H) gate pre-activation gradients in step order; d_hs: (T, D, B, H_out) dL/dh_t of every step
+    (only read with a projection). Returns (d_w_hh, d_bias, d_w_hr) in the accumulator dtype, d_w_hr None without
+    projection.
+    """
+    hidden = d_gates.shape[-1] // 4
+    d_gates_rows = step_rows(d_gates)
+    d_w_hh = torch.bmm(d_gates_rows.transpose(1, 2), step_rows(saved.hs[:-1].to(d_gates.dtype)))
+    d_bias = d_gates_rows.sum(dim=1)
+    d_w_hr = None
+    if w_hr is not None:
+        # h_t = W_hr m_t with m_t = o_t * tanh(c_t), recomputed from the saved gates and cell states.
+        unprojected = saved.gates[..., 3 * hidden :] * torch.tanh(saved.cs[1:])
+        d_w_hr = torch.bmm(step_rows(d_hs).transpose(1, 2), step_rows(unprojected))
+    return d_w_hh, d_bias, d_w_hr
 
 
 def weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved: ForwardSaved, lengths):
@@ -293,29 +318,15 @@ def weight_gradients(d_gates, d_hs, x, w_ih, w_hr, saved: ForwardSaved, lengths)
     d_w_hr None without projection.
     """
     seq_len, num_directions, batch, four_hidden = d_gates.shape
-    hidden = four_hidden // 4
     acc_dtype = d_gates.dtype
     rows = seq_len * batch
-
-    def per_direction_rows(steps):  # (T, D, B, N) -> (D, T * B, N)
-        return steps.transpose(0, 1).reshape(num_directions, rows, steps.shape[-1])
-
-    d_gates_rows = per_direction_rows(d_gates)
-    h_prev = per_direction_rows(saved.hs[:-1].to(acc_dtype))
-    d_w_hh = torch.bmm(d_gates_rows.transpose(1, 2), h_prev)
-    d_bias = d_gates_rows.sum(dim=1)
+    d_w_hh, d_bias, d_w_hr = recurrent_weight_gradients(d_gates, d_hs, w_hr, saved)
 
     d_gates_time = from_step_order(d_gates, lengths).reshape(rows, num_directions * four_hidden)  # matches x
     input_size = x.shape[-1]
     x_rows = x.reshape(rows, input_size).to(acc_dtype)
     d_w_ih = torch.matmul(d_gates_time.t(), x_rows).view(num_directions, four_hidden, input_size)
     d_x = torch.matmul(d_gates_time, w_ih.reshape(num_directions * four_hidden, input_size).to(acc_dtype))
-
-    d_w_hr = None
-    if w_hr is not None:
-        # h_t = W_hr m_t with m_t = o_t * tanh(c_t), recomputed from the saved gates and cell states.
-        unprojected = saved.gates[..., 3 * hidden :] * torch.tanh(saved.cs[1:])
-        d_w_hr = torch.bmm(per_direction_rows(d_hs).transpose(1, 2), per_direction_rows(unprojected))
     return d_x.view(seq_len, batch, input_size), d_w_ih, d_w_hh, d_bias, d_w_hr
 
 

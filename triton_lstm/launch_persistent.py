@@ -252,8 +252,9 @@ def persistent_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, 
         for begin, end in phase_ranges(phases, tiles):
             sync = torch.zeros(tiles.batch_tiles * num_directions, dtype=torch.int32, device=x.device)
             tuning.persistent_backward_kernel[grid](
-                saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, d_hs,
-                d_gates, d_cs, partials, lengths if lengths is not None else sync, sync, begin, end, seq_len, batch,
+                saved.gates, saved.cs, w_hh.contiguous(), w_hr.contiguous() if w_hr is not None else w_hh, w_hh, d_hs,
+                d_hs, d_gates, d_cs, partials, partials, lengths if lengths is not None else sync, sync, begin, end,
+                seq_len, batch, 2,
                 HIDDEN=hidden, H_OUT=h_out, HAS_PROJ=w_hr is not None, HAS_LENGTHS=lengths is not None,
                 GRID_SYNC=grid_sync(tiles), UPCAST=launch.upcast_dot(x.dtype),
                 TF32=precision.use_tf32(x.dtype, x.device), **tiles.meta(backward=True), **launch_options(tiles),

@@ -236,9 +236,7 @@ def lstm_persistent_forward_kernel(
                     tl.store(p_hs[:, None] + (step + 1) * hs_slot + o_u[None, :], h.to(h_dtype), mask=m_bu)
             arrive(sync, GRID_SYNC)
             arrivals += meeting
-        # A static if around the runtime one: Triton would compile the body of a combined condition even without a
-        # projection, where its names do not exist.
-        if HAS_PROJ:  # noqa: SIM102
+        if HAS_PROJ:
             if wave * 2 + 1 < phase_end:
                 # Projection: this program's columns of h_t from every unit's o * tanh(c_t).
                 wait(sync, arrivals, GRID_SYNC)
