@@ -48,6 +48,34 @@ def backward(ctx, grad_output, grad_h_n, grad_c_n, *_):
     return d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, None, None, None
 
 
+def stack_setup_context(ctx, inputs, output):
+    """Keep what the stack's backward needs (``ops.stack_forward``), as ``setup_context`` does for a layer."""
+    x, h0, c0, w_ih0, w_ih_rest, w_hh, b_ih, _, w_hr, masks, lengths, save = inputs
+    _, _, _, hs, gates, cs = output
+    ctx.save_for_backward(x, h0, c0, w_ih0, w_ih_rest, w_hh, w_hr, masks, lengths, hs, gates, cs)
+    ctx.mark_non_differentiable(hs, gates, cs)
+    ctx.set_materialize_grads(False)
+    ctx.has_bias = b_ih is not None
+    ctx.saved_steps = save
+
+
+def stack_backward(ctx, grad_output, grad_h_n, grad_c_n, *_):
+    """Gradients of (x, h0, c0, w_ih0, w_ih_rest, w_hh, b_ih, b_hh, w_hr) of a stack, as ``backward`` for a layer."""
+    if not ctx.saved_steps:
+        raise RuntimeError("triton_lstm: stack_forward ran with save=False, so it has no gradient")
+    x, h0, c0, w_ih0, w_ih_rest, w_hh, w_hr, masks, lengths, hs, gates, cs = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = x.new_zeros(x.shape[0], x.shape[1], h0.shape[2])
+    grad_h_n = torch.zeros_like(h0) if grad_h_n is None else grad_h_n
+    grad_c_n = torch.zeros_like(c0) if grad_c_n is None else grad_c_n
+    d_x, d_h0, d_c0, d_w_ih0, d_w_ih_rest, d_w_hh, d_bias, d_w_hr = torch.ops.triton_lstm.stack_backward(
+        grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih0, w_ih_rest, w_hh, w_hr, masks, hs, gates, cs, lengths
+    )
+    d_b_ih, d_b_hh = (d_bias, d_bias.clone()) if ctx.has_bias else (None, None)
+    d_w_hr = d_w_hr if w_hr is not None else None
+    return d_x, d_h0, d_c0, d_w_ih0, d_w_ih_rest, d_w_hh, d_b_ih, d_b_hh, d_w_hr, None, None, None
+
+
 def double_backward(ctx, *grads):
     """Registered on ``layer_backward``: its own derivative is not implemented, so say so instead of being wrong."""
     raise RuntimeError(DOUBLE_BACKWARD_ERROR)

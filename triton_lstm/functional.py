@@ -4,7 +4,7 @@ where to run."""
 import torch
 import torch.nn.functional as F
 
-from triton_lstm import launch_persistent, ops, tuning
+from triton_lstm import launch_persistent, launch_stack, ops, tuning
 
 KERNELS = ("auto", "step", "persistent")
 
@@ -125,6 +125,42 @@ def _layers(x, hx, weights, lengths, dropout_between, *, kernel, num_layers, bia
     return layer_input, torch.cat(h_n), torch.cat(c_n)
 
 
+def stacks(kernel: str, sizes: tuple, num_layers: int, device: torch.device) -> bool:
+    """Whether the layers run as one stacked persistent launch per pass (``launch_stack``): where the persistent
+    kernel was chosen (``resolve_kernel``), with one direction and more than one layer, and both passes' plans fit
+    the device (else layer by layer). A stacked launch meets at T + L - 1 barriers a pass, layer by layer L x T: not
+    yet timed, it runs wherever it fits, for "auto" as for "persistent"."""
+    hidden, h_out, batch, num_directions, dtype = sizes
+    if kernel != "persistent" or num_directions != 1 or num_layers < 2:
+        return False
+    plans = (launch_stack.plan(hidden, h_out, batch, num_layers, dtype, device, backward=b) for b in (False, True))
+    return not any(isinstance(plan, str) for plan in plans)
+
+
+def _dropout_masks(shape: tuple, like: torch.Tensor, p: float, count: int) -> torch.Tensor | None:
+    """``count`` dropout scales of ``shape``, drawn as torch's dropout draws them one layer after another (CPU:
+    bernoulli_ on a new tensor of the output's shape, divided by 1 - p; p = 1 draws nothing and zeroes), stacked;
+    None without dropout."""
+    if p == 0:
+        return None
+    if p == 1:
+        return like.new_zeros(count, *shape)
+    masks = [like.new_empty(shape).bernoulli_(1 - p).div_(1 - p) for _ in range(count)]
+    return torch.stack(masks)
+
+
+def _stack(x, hx, weights, lengths, masks, *, num_layers, bias, proj_size):
+    """Every layer of a one-direction stack through the ``triton_lstm::stack_forward`` operator (one launch)."""
+    layers = [directions[0] for directions in _split_weights(weights, num_layers, 1, bias, proj_size)]
+    w_ih, w_hh, b_ih, b_hh, w_hr = ([w[k] for w in layers] for k in range(5))
+    stacked = (torch.stack(w_ih[1:]), torch.stack(w_hh), *(torch.stack(w) if w[0] is not None else None
+                                                          for w in (b_ih, b_hh, w_hr)))  # fmt: skip
+    h0, c0 = hx
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *w_ih, *stacked))
+    output, h_n, c_n, *_ = ops.stack_forward(x, h0, c0, w_ih[0], *stacked, masks, lengths, save)
+    return output, h_n, c_n
+
+
 def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, dropout, training, kernel):
     """Run a multi-layer LSTM on a seq-first batched input.
 
@@ -132,11 +168,16 @@ def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, drop
     torch.nn.LSTM's ``_flat_weights`` order. Returns (output (T, B, D*H_out), h_n, c_n) like torch.nn.LSTM.
     Dropout (training only) is applied to the output of every layer but the last, as torch does.
     """
-    resolved = resolve_kernel(kernel, input.device, _sizes(input, weights, bidirectional, proj_size))
+    sizes = _sizes(input, weights, bidirectional, proj_size)
+    resolved = resolve_kernel(kernel, input.device, sizes)
     if resolved is None:
         output, h_n, c_n = torch.lstm(input, hx, weights, bias, num_layers, dropout, training, bidirectional, False)
         return output, h_n, c_n
     input, hx, weights = _autocast(input, hx, weights)
+    if stacks(resolved, sizes, num_layers, input.device):
+        shape = (*input.shape[:2], proj_size or hx[1].shape[-1])
+        masks = _dropout_masks(shape, input, dropout if training else 0.0, num_layers - 1)
+        return _stack(input, hx, weights, None, masks, num_layers=num_layers, bias=bias, proj_size=proj_size)
 
     def dropout_between(output):
         return F.dropout(output, dropout, training=True) if dropout > 0 and training else output
@@ -155,7 +196,8 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
     length, so nothing is re-packed per step. Dropout acts on the packed rows, as torch's does.
     """
     batch = int(batch_sizes[0]) if batch_sizes.numel() else 0
-    resolved = resolve_kernel(kernel, data.device, _sizes(data, weights, bidirectional, proj_size, batch))
+    sizes = _sizes(data, weights, bidirectional, proj_size, batch)
+    resolved = resolve_kernel(kernel, data.device, sizes)
     if resolved is None:
         output, h_n, c_n = torch.lstm(data, batch_sizes, hx, weights, bias, num_layers, dropout, training,
                                       bidirectional)  # fmt: skip
@@ -171,6 +213,15 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
     def pad(packed):
         padded = packed.new_zeros(seq_len * batch, packed.shape[-1]).index_copy(0, rows, packed)
         return padded.view(seq_len, batch, -1)
+
+    if stacks(resolved, sizes, num_layers, data.device):
+        # Drawn for the packed rows, as torch drops out each layer's packed output.
+        shape = (data.shape[0], proj_size or hx[1].shape[-1])
+        masks = _dropout_masks(shape, data, dropout if training else 0.0, num_layers - 1)
+        masks = torch.stack([pad(mask) for mask in masks]) if masks is not None else None
+        output, h_n, c_n = _stack(pad(data), hx, weights, lengths, masks, num_layers=num_layers, bias=bias,
+                                  proj_size=proj_size)  # fmt: skip
+        return output.flatten(0, 1)[rows], h_n, c_n
 
     def dropout_between(output):
         if dropout > 0 and training:
