@@ -50,13 +50,31 @@ def _sizes(input, weights, bidirectional, proj_size, batch=None):
     return hidden, proj_size or hidden, batch, 2 if bidirectional else 1, input.dtype
 
 
+class _StackWeights(torch.autograd.Function):
+    """torch.stack of per-direction weights that keeps the weights themselves for backward, so that autograd checks
+    their versions there: an in-place change between forward and backward raises torch's own error, as it does for
+    torch's LSTM (the stacked copy alone would hide it)."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        ctx.save_for_backward(*tensors)
+        return torch.stack(tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.saved_tensors  # noqa: B018 -- reading them is the version check
+        return grad.unbind(0)
+
+
 def _stack(tensors):
-    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy: autograd then sees an
-    in-place change of the weight between forward and backward and raises as torch does (with two directions the
-    stacked copy hides it)."""
+    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy, which autograd's version
+    check covers by itself. With two, weight matrices that require a gradient go through ``_StackWeights``; biases
+    do not: backward needs no bias values, and torch's LSTM does not raise for a bias changed in place either."""
     if tensors[0] is None:
         return None
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
+    return _StackWeights.apply(*tensors) if tensors[0].dim() == 2 else torch.stack(tensors)
 
 
 def _layer(x, h0, c0, layer_weights, lengths, kernel):
