@@ -351,6 +351,12 @@ def _functional_kwargs(module, kernel):
     }
 
 
+# A converted model's whole-model checkpoint loads under torch.load(weights_only=True) wherever triton_lstm has been
+# imported, as the unconverted model's did. What a checkpoint can make that unpickler do with this class is what it
+# can with torch.nn.LSTM once a user allowlists that (README, "Checkpoints").
+torch.serialization.add_safe_globals([LSTM])
+
+
 def overridden_forward(cls):
     """The class between ``cls`` and torch.nn.LSTM (``cls`` included) that defines its own ``forward``, or None."""
     for klass in cls.__mro__:
