@@ -8,7 +8,12 @@ the class, parameters, state_dict, pickles, torch's own forward after ``unpatch`
 """
 
 import copy
+import os
+import pathlib
 import pickle
+import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -24,6 +29,7 @@ from conformance.test_matrix import _inputs, _seed
 from triton_lstm import tuning
 
 TORCH_FORWARD = nn.LSTM.__dict__["forward"]
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 
@@ -320,3 +326,15 @@ def test_torch_compile_runs_the_patched_module_eagerly(triton_only):
 
 def test_package_exports_patch_mode():
     assert {"patch", "unpatch", "patched", "is_patched"} <= set(triton_lstm.__all__)
+
+
+def test_train_char_lm_example_runs_patched():
+    """The example's ``--via patch``: the model keeps torch.nn.LSTM, trained under ``triton_lstm.patched()``."""
+    sizes = ["--steps", "3", "--seq-len", "6", "--batch", "3", "--hidden", "8", "--embed", "4", "--sample", "0"]
+    command = [sys.executable, str(REPO / "examples" / "train_char_lm.py"), "--impl", "both", "--via", "patch", *sizes]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = re.search(r"^compare: torch final loss (\S+) .* triton final loss (\S+) ", done.stdout, re.MULTILINE)
+    assert losses, done.stdout
+    assert abs(float(losses[1]) - float(losses[2])) < 1e-3, done.stdout
