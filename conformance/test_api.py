@@ -915,5 +915,5 @@ def test_hx_as_a_single_tensor_is_a_type_error():
 
 def test_package_exports_the_module():
     assert triton_lstm.LSTM is LSTM
-    assert triton_lstm.__all__ == ["LSTM", "convert", "unconvert"]
+    assert triton_lstm.__all__ == ["LSTM", "convert", "is_patched", "patch", "patched", "unconvert", "unpatch"]
     assert isinstance(LSTM(IN, H), nn.Module) and not isinstance(LSTM(IN, H), nn.RNNBase)

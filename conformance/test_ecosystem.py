@@ -316,7 +316,8 @@ def test_convert_swaps_every_lstm_in_place_with_the_same_parameters(device):
     x = torch.randn(B, T, IN, device=device)
     expected = model(x)
 
-    assert triton_lstm.convert(model, kernel="step") is model
+    with pytest.warns(UserWarning, match=r"convert left conformance\.test_ecosystem\._LSTMSubclass unconverted"):
+        assert triton_lstm.convert(model, kernel="step") is model
     assert type(model.encoder) is triton_lstm.LSTM and model.again is model.encoder
     assert type(model.blocks[1]) is triton_lstm.LSTM and model.blocks[1].kernel == "step"
     assert type(model.custom) is _LSTMSubclass

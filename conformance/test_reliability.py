@@ -498,34 +498,39 @@ def test_in_place_weight_changes_are_seen_by_the_next_call(kernel, device, trito
         previous = result.outputs["output"]
 
 
-STALE_WEIGHTS = (
-    "with two directions the layer stacks the weights into a copy (torch.stack) whose version autograd never sees, "
-    "so an in-place change of a weight between forward and backward is not detected (one direction takes a view "
-    "and raises as torch does)"
-)
+IN_PLACE_CASES = [
+    (False, "weight_ih_l0"),
+    (False, "weight_hh_l0"),
+    (False, "weight_hr_l0"),
+    (True, "weight_ih_l0"),
+    (True, "weight_hh_l0"),
+    (True, "weight_hr_l0"),
+    (True, "weight_ih_l0_reverse"),
+    (True, "weight_hh_l0_reverse"),
+]
 
 
 @pytest.mark.parametrize(
-    "bidirectional", [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=STALE_WEIGHTS))]
+    ("bidirectional", "weight"), IN_PLACE_CASES, ids=[f"{'bi' if bi else 'uni'}-{name}" for bi, name in IN_PLACE_CASES]
 )
 @pytest.mark.parametrize("kernel", KERNEL_NAMES)
 def test_weight_changed_in_place_between_forward_and_backward_raises_like_torch(
-    kernel, bidirectional, device, triton_only
+    kernel, bidirectional, weight, device, triton_only
 ):
-    config = {"input_size": 3, "hidden_size": 4, "bidirectional": bidirectional}
+    config = {"input_size": 3, "hidden_size": 4, "bidirectional": bidirectional, "proj_size": 2}
     reference, ours = _modules(config, torch.float32, device, kernel)
     randn = _random(torch.Generator().manual_seed(9), device, torch.float32)
     x = randn(5, 2, 3).requires_grad_()
     message = "modified by an inplace operation"
     output = reference(x)[0]
     with torch.no_grad():
-        reference.weight_hh_l0.mul_(0.5)
+        getattr(reference, weight).mul_(0.5)
     with pytest.raises(RuntimeError, match=message):
         output.sum().backward()
     with triton_only():
         output = ours(x)[0]
         with torch.no_grad():
-            ours.weight_hh_l0.mul_(0.5)
+            getattr(ours, weight).mul_(0.5)
         with pytest.raises(RuntimeError, match=message):
             output.sum().backward()
 

@@ -2,14 +2,17 @@
 
 The model (embedding -> LSTM -> linear) learns to predict the next character of the paragraph below. Both
 implementations start from the same weights: the model is built with torch.nn.LSTM and, for triton_lstm, converted
-in place with ``triton_lstm.convert``. On a GPU it runs at full size; without one, Triton runs on the CPU through its
-interpreter, slowly, so the default sizes shrink to a tiny model and a few dozen steps.
+in place with ``triton_lstm.convert`` (or, with ``--via patch``, left as it is and run under ``triton_lstm.patched()``).
+On a GPU it runs at full size; without one, Triton runs on the CPU through its interpreter, slowly, so the default
+sizes shrink to a tiny model and a few dozen steps.
 
     python examples/train_char_lm.py --impl both              # train with each, then compare losses and times
+    python examples/train_char_lm.py --impl both --via patch  # the same model code, torch.nn.LSTM patched
     python examples/train_char_lm.py --impl triton --steps 1000 --hidden 512
 """
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -38,6 +41,7 @@ def parse_args(argv=None):
     defaults = GPU_DEFAULTS if cuda else CPU_DEFAULTS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impl", choices=("torch", "triton", "both"), default="both")
+    parser.add_argument("--via", choices=("convert", "patch"), default="convert", help="how triton_lstm takes over")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--steps", type=int, default=defaults["steps"])
     parser.add_argument("--hidden", type=int, default=defaults["hidden"])
@@ -117,7 +121,7 @@ def train(impl, args, data, vocab, triton_lstm):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     model = CharLM(len(vocab), args.embed, args.hidden, args.layers).to(device)
-    if impl == "triton":
+    if impl == "triton" and args.via == "convert":
         model = triton_lstm.convert(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     windows = batches(data, args.seq_len, args.batch, torch.Generator().manual_seed(args.seed))
@@ -174,11 +178,13 @@ def main(argv=None):
     )
     results = {}
     for impl in impls:
-        first, final, seconds, model = train(impl, args, data, vocab, triton_lstm)
-        results[impl] = (final, seconds)
-        print(f"{impl}: loss {first:.4f} -> {final:.4f} in {seconds:.1f} s ({args.steps / seconds:.1f} steps/s)")
-        if args.sample > 0:
-            print(f"{impl} sample: {sample(model, vocab, args.sample, args.device, args.seed)!r}")
+        patching = triton_lstm.patched() if impl == "triton" and args.via == "patch" else contextlib.nullcontext()
+        with patching:
+            first, final, seconds, model = train(impl, args, data, vocab, triton_lstm)
+            results[impl] = (final, seconds)
+            print(f"{impl}: loss {first:.4f} -> {final:.4f} in {seconds:.1f} s ({args.steps / seconds:.1f} steps/s)")
+            if args.sample > 0:
+                print(f"{impl} sample: {sample(model, vocab, args.sample, args.device, args.seed)!r}")
     if len(results) == 2:
         (torch_loss, torch_s), (triton_loss, triton_s) = results["torch"], results["triton"]
         print(

@@ -4,6 +4,7 @@ The new module takes over the old one's Parameters themselves (not copies), so t
 ``requires_grad``, an optimizer that already holds them, and its state all carry over unchanged.
 """
 
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -16,9 +17,20 @@ def convert(model: nn.Module, *, kernel: str = "auto") -> nn.Module:
     """Replace every ``torch.nn.LSTM`` in ``model`` (the root included) by a ``triton_lstm.LSTM`` that holds the
     same Parameters, in place, and return the model (the new module when the root itself was converted).
 
-    Only modules whose type is exactly ``torch.nn.LSTM`` are replaced: a subclass may change what forward does.
-    ``kernel`` is passed to every new module.
+    Only modules whose type is exactly ``torch.nn.LSTM`` are replaced: a subclass may change what forward does, or
+    add methods its users call. Subclasses are left as they are, with a warning naming them; ``triton_lstm.patch()``
+    runs them on the Triton kernels. ``kernel`` is passed to every new module.
     """
+    kinds = {_kind(module) for module in model.modules()}
+    subclasses = sorted(
+        f"{k.__module__}.{k.__qualname__}" for k in kinds if issubclass(k, nn.LSTM) and k is not nn.LSTM
+    )
+    if subclasses:
+        warnings.warn(
+            f"convert left {', '.join(subclasses)} unconverted: subclasses of torch.nn.LSTM keep their own class "
+            "(their forward and methods). triton_lstm.patch() runs them on the Triton kernels.",
+            stacklevel=2,
+        )
     return _swap(model, nn.LSTM, lambda old: _rebuild(old, LSTM, kernel=kernel))
 
 

@@ -52,13 +52,31 @@ def _sizes(input, weights, bidirectional, proj_size, batch=None):
     return hidden, proj_size or hidden, batch, 2 if bidirectional else 1, input.dtype
 
 
+class _StackWeights(torch.autograd.Function):
+    """torch.stack of per-direction weights that keeps the weights themselves for backward, so that autograd checks
+    their versions there: an in-place change between forward and backward raises torch's own error, as it does for
+    torch's LSTM (the stacked copy alone would hide it)."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        ctx.save_for_backward(*tensors)
+        return torch.stack(tensors)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.saved_tensors  # noqa: B018 -- reading them is the version check
+        return grad.unbind(0)
+
+
 def _stack(tensors):
-    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy: autograd then sees an
-    in-place change of the weight between forward and backward and raises as torch does (with two directions the
-    stacked copy hides it)."""
+    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy, which autograd's version
+    check covers by itself. With two, weight matrices that require a gradient go through ``_StackWeights``; biases
+    do not: backward needs no bias values, and torch's LSTM does not raise for a bias changed in place either."""
     if tensors[0] is None:
         return None
-    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0)
+    return _StackWeights.apply(*tensors) if tensors[0].dim() == 2 else torch.stack(tensors)
 
 
 def _layer(x, h0, c0, layer_weights, lengths, kernel):
@@ -149,12 +167,11 @@ def _dropout_masks(shape: tuple, like: torch.Tensor, p: float, count: int) -> to
     return torch.stack(masks)
 
 
-def _stack(x, hx, weights, lengths, masks, *, num_layers, bias, proj_size):
+def _stacked_layers(x, hx, weights, lengths, masks, *, num_layers, bias, proj_size):
     """Every layer of a one-direction stack through the ``triton_lstm::stack_forward`` operator (one launch)."""
     layers = [directions[0] for directions in _split_weights(weights, num_layers, 1, bias, proj_size)]
     w_ih, w_hh, b_ih, b_hh, w_hr = ([w[k] for w in layers] for k in range(5))
-    stacked = (torch.stack(w_ih[1:]), torch.stack(w_hh), *(torch.stack(w) if w[0] is not None else None
-                                                          for w in (b_ih, b_hh, w_hr)))  # fmt: skip
+    stacked = (_stack(w_ih[1:]), _stack(w_hh), _stack(b_ih), _stack(b_hh), _stack(w_hr))
     h0, c0 = hx
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *w_ih, *stacked))
     output, h_n, c_n, *_ = ops.stack_forward(x, h0, c0, w_ih[0], *stacked, masks, lengths, save)
@@ -177,7 +194,7 @@ def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, drop
     if stacks(resolved, sizes, num_layers, input.device):
         shape = (*input.shape[:2], proj_size or hx[1].shape[-1])
         masks = _dropout_masks(shape, input, dropout if training else 0.0, num_layers - 1)
-        return _stack(input, hx, weights, None, masks, num_layers=num_layers, bias=bias, proj_size=proj_size)
+        return _stacked_layers(input, hx, weights, None, masks, num_layers=num_layers, bias=bias, proj_size=proj_size)
 
     def dropout_between(output):
         return F.dropout(output, dropout, training=True) if dropout > 0 and training else output
@@ -219,8 +236,8 @@ def lstm_packed(data, batch_sizes, hx, weights, *, num_layers, bias, bidirection
         shape = (data.shape[0], proj_size or hx[1].shape[-1])
         masks = _dropout_masks(shape, data, dropout if training else 0.0, num_layers - 1)
         masks = torch.stack([pad(mask) for mask in masks]) if masks is not None else None
-        output, h_n, c_n = _stack(pad(data), hx, weights, lengths, masks, num_layers=num_layers, bias=bias,
-                                  proj_size=proj_size)  # fmt: skip
+        output, h_n, c_n = _stacked_layers(pad(data), hx, weights, lengths, masks, num_layers=num_layers, bias=bias,
+                                           proj_size=proj_size)  # fmt: skip
         return output.flatten(0, 1)[rows], h_n, c_n
 
     def dropout_between(output):

@@ -154,6 +154,12 @@ class LSTM(nn.Module):
         """Build an ``LSTM`` with the configuration, device, dtype, weights and mode of a ``torch.nn.LSTM``."""
         if not isinstance(module, nn.LSTM):
             raise TypeError(f"from_torch expects a torch.nn.LSTM, got {type(module).__name__}")
+        owner = overridden_forward(type(module))
+        if owner is not None:
+            raise TypeError(
+                f"from_torch would drop {owner.__qualname__}.forward: {type(module).__name__} is a subclass of "
+                "torch.nn.LSTM with its own forward. triton_lstm.patch() runs it on the Triton kernels and keeps it."
+            )
         first = module.weight_ih_l0
         new = meta_twin(cls, module, dtype=first.dtype, kernel=kernel)
         new.to_empty(device=first.device)
@@ -255,83 +261,110 @@ class LSTM(nn.Module):
 
     def forward(self, input, hx=None):
         """Run the LSTM over ``input``; see the class docstring for shapes. Returns ``output, (h_n, c_n)``."""
-        self._update_flat_weights()
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        self._check_forward_args(input, hx)
+        return lstm_forward(self, input, hx, kernel=self.kernel)
 
-        batched = input.dim() == 3
-        if not batched:
-            x = input.unsqueeze(1)
-        elif self.batch_first:
-            x = input.transpose(0, 1)
-        else:
-            x = input
-        if hx is None:
-            h0, c0 = self._zero_state(x, x.size(1))
-        elif batched:
-            h0, c0 = hx[0], hx[1]
-        else:
-            h0, c0 = hx[0].unsqueeze(1), hx[1].unsqueeze(1)
 
-        output, h_n, c_n = functional.lstm(x, (h0, c0), self._flat_weights, **self._functional_kwargs())
-        if not batched:
-            return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+def lstm_forward(module, input, hx, *, kernel):
+    """torch.nn.LSTM's forward over the Triton kernels, for ``module``: a ``triton_lstm.LSTM``, or in patch mode a
+    ``torch.nn.LSTM`` (subclasses included). Reads the module's configuration, ``training`` and ``_flat_weights``
+    (refreshed first, as torch does); ``kernel`` is one of ``functional.KERNELS``. Shapes: see ``LSTM``."""
+    module._update_flat_weights()
+    if isinstance(input, PackedSequence):
+        return _forward_packed(module, input, hx, kernel)
+    _check_forward_args(module, input, hx, kernel)
 
-    def _forward_packed(self, input, hx):
-        """PackedSequence input: torch's semantics (hx in the caller's batch order, h_n and c_n returned in it)."""
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        self._check_forward_args(data, hx, batch_sizes=batch_sizes)
-        if hx is None:
-            h0, c0 = self._zero_state(data, int(batch_sizes[0]))
-        elif sorted_indices is not None:
-            h0, c0 = hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices)
-        else:
-            h0, c0 = hx[0], hx[1]
-        output, h_n, c_n = functional.lstm_packed(
-            data, batch_sizes, (h0, c0), self._flat_weights, **self._functional_kwargs()
-        )
-        if unsorted_indices is not None:
-            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-        return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+    batched = input.dim() == 3
+    if not batched:
+        x = input.unsqueeze(1)
+    elif module.batch_first:
+        x = input.transpose(0, 1)
+    else:
+        x = input
+    if hx is None:
+        h0, c0 = _zero_state(module, x, x.size(1))
+    elif batched:
+        h0, c0 = hx[0], hx[1]
+    else:
+        h0, c0 = hx[0].unsqueeze(1), hx[1].unsqueeze(1)
 
-    def _check_forward_args(self, input, hx, batch_sizes=None):
-        validation.check_forward_args(
-            input,
-            hx,
-            self._flat_weights,
-            input_size=self.input_size,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            bidirectional=self.bidirectional,
-            proj_size=self.proj_size,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
-            training=self.training,
-            kernel=self.kernel,
-            batch_sizes=batch_sizes,
-        )
+    output, h_n, c_n = functional.lstm(x, (h0, c0), module._flat_weights, **_functional_kwargs(module, kernel))
+    if not batched:
+        return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+    if module.batch_first:
+        output = output.transpose(0, 1)
+    return output, (h_n, c_n)
 
-    def _zero_state(self, like, batch):
-        """h_0 (L*D, batch, H_out) and c_0 (L*D, batch, H) of zeros, in ``like``'s dtype and device."""
-        rows = self.num_layers * (2 if self.bidirectional else 1)
-        h0 = torch.zeros(rows, batch, self.proj_size or self.hidden_size, dtype=like.dtype, device=like.device)
-        c0 = torch.zeros(rows, batch, self.hidden_size, dtype=like.dtype, device=like.device)
-        return h0, c0
 
-    def _functional_kwargs(self):
-        return {
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "bidirectional": bool(self.bidirectional),
-            "proj_size": self.proj_size,
-            "dropout": self.dropout,
-            "training": self.training,
-            "kernel": self.kernel,
-        }
+def _forward_packed(module, input, hx, kernel):
+    """PackedSequence input: torch's semantics (hx in the caller's batch order, h_n and c_n returned in it)."""
+    data, batch_sizes, sorted_indices, unsorted_indices = input
+    _check_forward_args(module, data, hx, kernel, batch_sizes=batch_sizes)
+    if hx is None:
+        h0, c0 = _zero_state(module, data, int(batch_sizes[0]))
+    elif sorted_indices is not None:
+        h0, c0 = hx[0].index_select(1, sorted_indices), hx[1].index_select(1, sorted_indices)
+    else:
+        h0, c0 = hx[0], hx[1]
+    output, h_n, c_n = functional.lstm_packed(
+        data, batch_sizes, (h0, c0), module._flat_weights, **_functional_kwargs(module, kernel)
+    )
+    if unsorted_indices is not None:
+        h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+    return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
+
+
+def _check_forward_args(module, input, hx, kernel, batch_sizes=None):
+    validation.check_forward_args(
+        input,
+        hx,
+        module._flat_weights,
+        input_size=module.input_size,
+        hidden_size=module.hidden_size,
+        num_layers=module.num_layers,
+        bidirectional=module.bidirectional,
+        proj_size=module.proj_size,
+        batch_first=module.batch_first,
+        dropout=module.dropout,
+        training=module.training,
+        kernel=kernel,
+        batch_sizes=batch_sizes,
+    )
+
+
+def _zero_state(module, like, batch):
+    """h_0 (L*D, batch, H_out) and c_0 (L*D, batch, H) of zeros, in ``like``'s dtype and device."""
+    rows = module.num_layers * (2 if module.bidirectional else 1)
+    h0 = torch.zeros(rows, batch, module.proj_size or module.hidden_size, dtype=like.dtype, device=like.device)
+    c0 = torch.zeros(rows, batch, module.hidden_size, dtype=like.dtype, device=like.device)
+    return h0, c0
+
+
+def _functional_kwargs(module, kernel):
+    return {
+        "num_layers": module.num_layers,
+        "bias": module.bias,
+        "bidirectional": bool(module.bidirectional),
+        "proj_size": module.proj_size,
+        "dropout": module.dropout,
+        "training": module.training,
+        "kernel": kernel,
+    }
+
+
+# A converted model's whole-model checkpoint loads under torch.load(weights_only=True) wherever triton_lstm has been
+# imported, as the unconverted model's did. What a checkpoint can make that unpickler do with this class is what it
+# can with torch.nn.LSTM once a user allowlists that (README, "Checkpoints").
+torch.serialization.add_safe_globals([LSTM])
+
+
+def overridden_forward(cls):
+    """The class between ``cls`` and torch.nn.LSTM (``cls`` included) that defines its own ``forward``, or None."""
+    for klass in cls.__mro__:
+        if klass is nn.LSTM:
+            return None
+        if "forward" in vars(klass):
+            return klass
+    return None
 
 
 def meta_twin(cls, old, **extra):

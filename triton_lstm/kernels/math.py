@@ -1,7 +1,11 @@
 """Element-wise helpers shared by the LSTM kernels.
 
-``tl.extra.libdevice`` is unavailable in Triton's interpreter, so tanh is built from ``tl.exp``; the same code
-runs on the GPU. The dot helper hides the interpreter's broken bf16 ``tl.dot`` (it multiplies raw bit patterns).
+``tl.extra.libdevice`` is unavailable in Triton's interpreter, so ``tanh`` and ``sigmoid`` are built here from
+arithmetic that runs the same on the GPU, with their own exponential: ``tl.exp`` is ``ex2.approx`` on the GPU in
+float32, and numpy's ``exp`` in the interpreter (2.4 ulp measured in float32, and machine-dependent). Both are within
+1.5 ulp of the exact value over the whole float32 and float64 range (``conformance/test_activations.py``), computed
+without fma, so the same whether or not the compiler fuses multiply-adds (the GPU does, the interpreter does not).
+The dot helper hides the interpreter's broken bf16 ``tl.dot`` (it multiplies raw bit patterns).
 """
 
 import triton
@@ -9,25 +13,110 @@ import triton.language as tl
 
 
 @triton.jit
+def _exp_neg(a, WITH_LO: tl.constexpr):
+    """exp(-a) for a >= 0, +inf or NaN in a's dtype (float32 or float64): hi, and with ``WITH_LO`` also lo, the
+    unevaluated rest (hi alone within 1.1 ulp; hi + lo within 0.7 ulp in float32, 0.12 ulp in float64, measured).
+    Below the smallest normal number it flushes to 0, as torch's own float32 sigmoid does.
+
+    exp(-a) = 2^-k exp(s) with k = round(a / ln 2) and s = k ln 2 - a in [-0.35, 0.35]; exp(s) = 1 + s + s^2 R(s),
+    R a near-minimax polynomial (``mpmath.chebyfit`` on [-0.35, 0.35] of exp, degree 6, for float32, and of
+    (exp(s) - 1 - s) / s^2, degree 10, for float64). lo gathers the rounding errors of the last two sums, and in
+    float64 of s (float32 leaves that one out: the persistent kernels have no registers to spare for it).
+    """
+    # The clamp keeps the exponent field of 2^-k valid (exp(-709) and exp(-88) are below the smallest normal); NaN
+    # passes. Rounding to 1.5 * 2^52 + 1023 (2^23 and 127 in float32) leaves j = that - k, whose low bits are that
+    # field. ln 2 is split in two (Cody and Waite): the first part has 42 (16) significant bits, so k times it is
+    # exact.
+    if a.dtype == tl.float64:
+        a = tl.minimum(a, 709.0, propagate_nan=tl.PropagateNan.ALL)
+        j = 6755399441056767.0 - a * 1.4426950408889634
+        k = 6755399441056767.0 - j
+        s_hi = k * 0.6931471805598903 - a
+        k_lo = k * 5.497923018708371e-14
+        scale = (j.to(tl.int64, bitcast=True) << 52).to(tl.float64, bitcast=True)
+    else:
+        a = tl.minimum(a, 88.0, propagate_nan=tl.PropagateNan.ALL)
+        j = 12583039.0 - a * 1.4426950408889634
+        k = 12583039.0 - j
+        s_hi = k * 0.693145751953125 - a
+        k_lo = k * 1.428606765330187e-06
+        scale = (j.to(tl.int32, bitcast=True) << 23).to(tl.float32, bitcast=True)
+    s = s_hi + k_lo
+    if a.dtype == tl.float64:
+        r = s * 2.0915433598076003e-09 + 2.5106262550879078e-08
+        r = r * s + 2.755727183153613e-07
+        r = r * s + 2.755725286336732e-06
+        r = r * s + 2.480158732699005e-05
+        r = r * s + 0.00019841269876840357
+        r = r * s + 0.0013888888888883332
+        r = r * s + 0.008333333333325551
+        r = r * s + 0.04166666666666667
+        r = r * s + 0.1666666666666667
+    else:
+        r = s * 0.0013942148070782423 + 0.008375958539545536
+        r = r * s + 0.041666340082883835
+        r = r * s + 0.16666404902935028
+    t = (s * s) * (r * s + 0.5)
+    q = s + t
+    hi = 1.0 + q
+    if WITH_LO:
+        q_lo = (s - q) + t  # exact error of s + t: |t| < |s|
+        lo = ((1.0 - hi) + q) + q_lo  # exact error of 1 + q (|q| < 1), plus q's
+        if a.dtype == tl.float64:
+            # and s's: exp(s + s_lo) = exp(s) (1 + s_lo); exact unless |s| is far below an ulp's worth
+            lo += hi * ((s_hi - s) + k_lo)
+        result = hi * scale, lo * scale
+    else:
+        result = hi * scale
+    return result
+
+
+@triton.jit
 def sigmoid(x):
-    # exp(-x) overflows to inf for very negative x, which gives exactly 0: no NaN.
-    return 1.0 / (1.0 + tl.exp(-x))
+    """1 / (1 + exp(-x)) in x's dtype (float32 or float64), within 1.5 ulp; saturates to exactly 0 and 1."""
+    e, e_lo = _exp_neg(tl.abs(x), True)  # never overflows
+    positive = x >= 0
+    d = 1.0 + e
+    y = tl.where(positive, 1.0, e) / d  # 1 / (1 + e) for x >= 0, e / (1 + e) below
+    # One correction step for what the quotient lost: the numerator's e_lo and d's rounding error (1 - d) + e (exact)
+    # plus e_lo. It is divided by d through y itself (1 / d is y, or 1 - y below 0): no second division.
+    return y + (tl.where(positive, 0.0, e_lo) - y * (((1.0 - d) + e) + e_lo)) * tl.where(positive, y, 1.0 - y)
 
 
 @triton.jit
 def tanh(x):
-    """tanh from exp(-2|x|): never overflows, about 1 ulp in float32 and float64."""
-    abs_x = tl.abs(x)
-    e = tl.exp(-2.0 * abs_x)
-    magnitude = (1.0 - e) / (1.0 + e)
-    result = tl.where(x < 0, -magnitude, magnitude)
-    if x.dtype != tl.float64:
-        # 1 - e cancels for small |x|; below 0.125 the odd Taylor series (next term ~2e-10 relative) is exact
-        # to float32 rounding.
-        x2 = x * x
-        series = x * (1.0 + x2 * (-1.0 / 3.0 + x2 * (2.0 / 15.0 + x2 * (-17.0 / 315.0))))
-        result = tl.where(abs_x < 0.125, series, result)
-    return result
+    """tanh in x's dtype (float32 or float64), within 1.5 ulp; never overflows."""
+    a = tl.abs(x)
+    # |x| >= 0.625: 1 - 2e / (1 + e) with e = exp(-2|x|) < 0.29, so that the result is above 0.5 and the subtraction
+    # loses nothing. The quotient is corrected for d's rounding error (1 - d) + e (exact); the correction is not
+    # divided by d (at most 1.29), which changes it by less than a quarter of its own size, an ulp at most.
+    e = _exp_neg(2.0 * a, False)
+    d = 1.0 + e
+    q = (2.0 * e) / d
+    large = 1.0 - (q - q * ((1.0 - d) + e))
+    # |x| < 0.625, where 1 - e would cancel: x + x^3 P(x^2), P a near-minimax fit (mpmath.chebyfit of
+    # (tanh(sqrt(t)) - sqrt(t)) / t^1.5 on t in [0, 0.390625]): degree 5 in float32 (30 bits), 11 in float64 (59
+    # bits).
+    t = x * x
+    if x.dtype == tl.float64:
+        p = t * 6.485163482793113e-06 + -3.12011014257974e-05
+        p = p * t + 9.257116129556769e-05
+        p = p * t + -0.0002375906496055562
+        p = p * t + 0.0005896606577757043
+        p = p * t + -0.0014557754120478055
+        p = p * t + 0.0035921217511549622
+        p = p * t + -0.008863235103240878
+        p = p * t + 0.021869488519008305
+        p = p * t + -0.05396825396789699
+        p = p * t + 0.13333333333333042
+        p = p * t + -0.3333333333333333
+    else:
+        p = t * 0.002292744815349579 + -0.008343945257365704
+        p = p * t + 0.02176891826093197
+        p = p * t + -0.053959257900714874
+        p = p * t + 0.13333304226398468
+        p = p * t + -0.3333333432674408
+    return tl.where(a < 0.625, (x * t) * p + x, tl.where(x < 0, -large, large))
 
 
 @triton.jit
