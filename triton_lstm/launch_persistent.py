@@ -39,8 +39,9 @@ MAX_UNITS = 128
 SHARED_BYTES = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
 # Columns of H_out per chunk of the backward's products (its partial products of dL/dh_{t-1}, and dL/dh @ W_hr):
 # 128 where they run on tensor cores; 64 for exact float32, whose FMA products hold every K of a chunk in registers
-# (aot report, H = 1024 on sm_80 with 8 warps: 828 bytes spilled with 128, none with 64).
-PARTIAL_CHUNK = {True: 128, False: 64}
+# (aot report, H = 1024 on sm_80 with 8 warps: 828 bytes spilled with 128, none with 64), and 32 with a projection
+# (H = 1024, P = 256 on sm_90: 4 bytes spilled with 64 since the exact activations, none with 32).
+PARTIAL_CHUNK = {"tensor cores": 128, "fma": 64, "fma with projection": 32}
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     resident = estimate <= facts.shared_bytes
     k_chunk = 0
     if backward:
-        block_k = min(k_pad, PARTIAL_CHUNK[tensor_cores])
+        products = "tensor cores" if tensor_cores else ("fma with projection" if projected else "fma")
+        block_k = min(k_pad, PARTIAL_CHUNK[products])
         k_split = 1
         if not tensor_cores or dtype == torch.float64:
             # FMA (and fp64) products hold their operands whole in registers: pieces of 16 gate-gradient rows (aot

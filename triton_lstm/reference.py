@@ -1,14 +1,16 @@
 """A plain PyTorch LSTM loop, differentiable and exact in any dtype (float64 for references).
 
 It follows torch.nn.LSTM's definition step by step; the kernel tests and the float64 tolerance rule compare
-against it. Dropout is not modelled.
+against it. Dropout between layers is applied from given masks (drawn elsewhere).
 """
 
 import torch
 
 
-def reference_lstm(x, hx, weights, *, num_layers, bias, bidirectional, proj_size, dtype=torch.float64):
-    """x: (T, B, I) seq-first; hx: (h0 (L*D, B, H_out), c0 (L*D, B, H)); weights: torch's flat-weight order.
+def reference_lstm(x, hx, weights, *, num_layers, bias, bidirectional, proj_size, dtype=torch.float64,
+                   dropout_masks=None):  # fmt: skip
+    """x: (T, B, I) seq-first; hx: (h0 (L*D, B, H_out), c0 (L*D, B, H)); weights: torch's flat-weight order;
+    dropout_masks: (L - 1, T, B, D*H_out) scales of each layer's output but the last, or None.
 
     Every tensor is converted to ``dtype`` first. Returns output (T, B, D*H_out), h_n, c_n in ``dtype``.
     """
@@ -43,6 +45,8 @@ def reference_lstm(x, hx, weights, *, num_layers, bias, bidirectional, proj_size
             h_n.append(h)
             c_n.append(c)
         layer_input = torch.cat(outputs, dim=-1)
+        if dropout_masks is not None and layer < num_layers - 1:
+            layer_input = layer_input * dropout_masks[layer].to(dtype)
     return layer_input, torch.stack(h_n), torch.stack(c_n)
 
 
@@ -51,9 +55,12 @@ def reference_lstm_varlen(x, hx, weights, lengths, **kwargs):
     its own end). Output positions past a row's length are zero; h_n and c_n come from each row's last step."""
     outputs, h_n, c_n = [], [], []
     h0, c0 = hx
+    masks = kwargs.pop("dropout_masks", None)
     for row, length in enumerate(int(n) for n in lengths):
         rows = slice(row, row + 1)
-        output, h, c = reference_lstm(x[:length, rows], (h0[:, rows], c0[:, rows]), weights, **kwargs)
+        row_masks = masks[:, :length, rows] if masks is not None else None
+        output, h, c = reference_lstm(x[:length, rows], (h0[:, rows], c0[:, rows]), weights, dropout_masks=row_masks,
+                                      **kwargs)  # fmt: skip
         padding = output.new_zeros(x.shape[0] - length, 1, output.shape[-1])
         outputs.append(torch.cat((output, padding)))
         h_n.append(h)

@@ -75,13 +75,15 @@ def _store_share(p_out, d_gates, w_tiles, w_ptr, p_dg_step, u0, m_b, HIDDEN: tl.
             piece_rows, piece_ok = gate_rows(u0, piece * K_CHUNK, K_CHUNK, HIDDEN)
             if d_gates is None:
                 m_piece = m_b[:, None] & piece_ok[None, :]
-                d_gates = tl.load(p_dg_step + piece_rows[None, :], mask=m_piece, other=0.0,
-                                  cache_modifier=".cg").to(w_dtype)  # fmt: skip
+                piece_gates = tl.load(p_dg_step + piece_rows[None, :], mask=m_piece, other=0.0,
+                                      cache_modifier=".cg").to(w_dtype)  # fmt: skip
+            else:
+                piece_gates = d_gates
             if RESIDENT:
                 w_tile = w_tiles[piece * CHUNKS + j]
             else:
                 w_tile = _gate_rows_tile(w_ptr, piece_rows, piece_ok, j * BLOCK_K, BLOCK_K, H_OUT)
-            share = dot_acc(d_gates, w_tile, share, UPCAST, TF32)
+            share = dot_acc(piece_gates, w_tile, share, UPCAST, TF32)
         tl.store(p_out + o_cols[None, :], share, mask=m_b[:, None] & (o_cols[None, :] < H_OUT))
 
 
