@@ -167,15 +167,27 @@ class Model:
     proj: int  # 0: no projection
     batch: int
     directions: int
+    layers: int = 1  # > 1: one-direction stacked layers in one launch (``launch_stack``), with dropout
 
     @property
     def h_out(self) -> int:
         return self.proj or self.hidden
 
+    @property
+    def groups(self) -> int:
+        """Grid axis 2: the directions, or a stack's layers."""
+        return self.layers if self.layers > 1 else self.directions
+
+    def stack_constexprs(self) -> dict:
+        return {"LAYERS": self.layers, "DROPOUT": True} if self.layers > 1 else {}
+
     def __str__(self) -> str:
-        return f"H{self.hidden}{f'-P{self.proj}' if self.proj else ''}-B{self.batch}-D{self.directions}"
+        stack = f"-L{self.layers}" if self.layers > 1 else ""
+        return f"H{self.hidden}{f'-P{self.proj}' if self.proj else ''}-B{self.batch}-D{self.directions}{stack}"
 
 
+# The weight arguments whose loads inside the time loop count as W bytes per step.
+WEIGHTS = ("w_hh_ptr", "w_hr_ptr", "w_ih_ptr")
 # One persistent program per SM (launch_persistent.DeviceFacts): an A100 holds 108, an H100/H200 132.
 _PLAN_CAPACITY = {80: 108, 90: 132}
 
@@ -188,9 +200,9 @@ def _plan(model: Model, dtype: str, arch: int, *, backward: bool):
 
     torch_dtype = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16, "bf16": torch.bfloat16}
     facts = launch_persistent.DeviceFacts(_PLAN_CAPACITY[arch], arch, SHARED_LIMITS[arch])
-    plan = launch_persistent.plan_for(model.hidden, model.h_out, model.batch, model.directions,
+    plan = launch_persistent.plan_for(model.hidden, model.h_out, model.batch, model.groups,
                                       torch_dtype[_operand(dtype)], facts, backward=backward,
-                                      tf32=DTYPES[dtype][1])  # fmt: skip
+                                      tf32=DTYPES[dtype][1], stacked=model.layers > 1)  # fmt: skip
     if isinstance(plan, str):
         raise ValueError(plan)
     return plan
@@ -198,30 +210,36 @@ def _plan(model: Model, dtype: str, arch: int, *, backward: bool):
 
 def _persistent_forward(dtype, model: Model, plan):
     acc, operand = _accumulator(dtype), _operand(dtype)
-    pointers = {name: f"*{operand}" for name in ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "hs_ptr", "unprojected_ptr")}
+    operands = ("x_proj_ptr", "w_hh_ptr", "w_hr_ptr", "w_ih_ptr", "mask_ptr", "hs_ptr", "unprojected_ptr")
+    pointers = {name: f"*{operand}" for name in operands}
     pointers.update({name: f"*{acc}" for name in ("bias_ptr", "cs_ptr", "gates_ptr")})
     pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
     constexprs = {"HIDDEN": model.hidden, "H_OUT": model.h_out, "HAS_BIAS": True, "HAS_PROJ": bool(model.proj),
                   "HAS_LENGTHS": True, "SAVE": True, "GRID_SYNC": True, "UPCAST": False, "TF32": DTYPES[dtype][1],
-                  **plan.meta(backward=False)}  # fmt: skip
+                  **plan.meta(backward=False), **model.stack_constexprs()}  # fmt: skip
     return pointers, constexprs
 
 
 def _persistent_backward(dtype, model: Model, plan):
     acc, operand = _accumulator(dtype), _operand(dtype)
     pointers = {name: f"*{acc}" for name in lstm_persistent_backward_kernel.arg_names if name.endswith("_ptr")}
-    pointers.update({"w_hh_ptr": f"*{operand}", "w_hr_ptr": f"*{operand}", "lengths_ptr": "*i32", "sync_ptr": "*i32"})
+    pointers.update({name: f"*{operand}" for name in ("w_hh_ptr", "w_hr_ptr", "w_ih_ptr", "mask_ptr")})
+    pointers.update({"lengths_ptr": "*i32", "sync_ptr": "*i32"})
     constexprs = {"HIDDEN": model.hidden, "H_OUT": model.h_out, "HAS_PROJ": bool(model.proj), "HAS_LENGTHS": True,
-                  "GRID_SYNC": True, "UPCAST": False, "TF32": DTYPES[dtype][1], **plan.meta(backward=True)}  # fmt: skip
+                  "GRID_SYNC": True, "UPCAST": False, "TF32": DTYPES[dtype][1], **plan.meta(backward=True),
+                  **model.stack_constexprs()}  # fmt: skip
     return pointers, constexprs
 
 
 # Models whose plans are compiled: W_hh on chip (every size up to H = 1024 with one direction), two directions,
-# several batch tiles, a projection, and a size past what the chip holds (streamed).
+# several batch tiles, a projection, a size past what the chip holds (streamed), and stacks in one launch (with their
+# W_ih resident or streamed, and a projection).
 PERSISTENT_MODELS = (Model(256, 0, 16, 1), Model(1024, 0, 16, 1), Model(1024, 0, 16, 2), Model(1024, 256, 16, 1),
-                     Model(768, 0, 64, 1), Model(256, 0, 1, 2), Model(2048, 0, 16, 1))  # fmt: skip
+                     Model(768, 0, 64, 1), Model(256, 0, 1, 2), Model(2048, 0, 16, 1), Model(512, 0, 16, 1, layers=3),
+                     Model(1024, 0, 16, 1, layers=2), Model(1024, 256, 16, 1, layers=2))  # fmt: skip
 # CI's subset of them.
-PERSISTENT_SUBSET = (Model(256, 0, 16, 1), Model(1024, 0, 16, 1), Model(1024, 256, 16, 1))
+PERSISTENT_SUBSET = (Model(256, 0, 16, 1), Model(1024, 0, 16, 1), Model(1024, 256, 16, 1),
+                     Model(512, 0, 16, 1, layers=3))  # fmt: skip
 
 
 def _spaces(full: bool):
@@ -317,7 +335,7 @@ def compile_row(name, kernel, describe, config, dtype, arch) -> Row | None:
         compiled = _resources(row, kernel, pointers, constexprs, model.batch, options)
         if compiled is not None:
             try:
-                row.weight_bytes = asm_facts.weight_bytes_per_step(compiled.asm["ttgir"], ("w_hh_ptr", "w_hr_ptr"))
+                row.weight_bytes = asm_facts.weight_bytes_per_step(compiled.asm["ttgir"], WEIGHTS)
                 row.loop = asm_facts.loop_facts(compiled.asm["ptx"])
             except ValueError as error:
                 row.error = f"time loop not understood: {error}"[:120]

@@ -157,16 +157,16 @@ def lstm_persistent_backward_kernel(
     h_slot = n_g.to(tl.int64) * batch * H_OUT
     c_slot = n_g.to(tl.int64) * batch * HIDDEN
     g_slot = n_g.to(tl.int64) * batch * (4 * HIDDEN)
-    p_dh = d_hs_ptr + layer * batch * H_OUT + o_b64[:, None] * H_OUT  # rows of step 0
-    p_cu = cs_ptr + layer * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
-    p_dcu = d_cs_ptr + layer * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
-    p_gu = gates_ptr + layer * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
-    p_dg_rows = d_gates_ptr + layer * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN)  # rows of step 0
+    p_dh = d_hs_ptr + (layer * batch + o_b64[:, None]) * H_OUT  # rows of step 0
+    p_cu = cs_ptr + (layer * batch + o_b64[:, None]) * HIDDEN + o_u[None, :]
+    p_dcu = d_cs_ptr + (layer * batch + o_b64[:, None]) * HIDDEN + o_u[None, :]
+    p_gu = gates_ptr + (layer * batch + o_b64[:, None]) * (4 * HIDDEN) + o_u[None, :]
+    p_dg_rows = d_gates_ptr + (layer * batch + o_b64[:, None]) * (4 * HIDDEN)  # rows of step 0
     p_dgu = p_dg_rows + o_u[None, :]
     # partials[slot, q, g, b, n]: one program's share is (G, B, H_OUT), one slot P of them.
     program_stride = h_slot
     partial_slot = PROGRAMS * h_slot
-    p_part = partials_ptr + layer * batch * H_OUT + o_b64[:, None] * H_OUT  # rows of slot 0, program 0
+    p_part = partials_ptr + (layer * batch + o_b64[:, None]) * H_OUT  # rows of slot 0, program 0
     w_hh = w_hh_ptr + layer.to(tl.int64) * (4 * HIDDEN * H_OUT)
     w_hr = w_hr_ptr + layer.to(tl.int64) * (H_OUT * HIDDEN)
     if HAS_LENGTHS:
@@ -187,7 +187,7 @@ def lstm_persistent_backward_kernel(
         if RESIDENT:
             w_in_tiles = _resident_tiles(w_in, u0, (layer + 0 * tl.arange(0, K_CHUNK)) > 0, HIDDEN, H_OUT, BLOCK_K,
                                          K_CHUNK, pieces, chunks)  # fmt: skip
-        p_ih_out = ih_partials_ptr + layer * batch * H_OUT + o_b64[:, None] * H_OUT + i_p * program_stride
+        p_ih_out = ih_partials_ptr + (layer * batch + o_b64[:, None]) * H_OUT + i_p * program_stride
         p_ih_in = ih_partials_ptr + (tl.minimum(layer + 1, LAYERS - 1) * batch + o_b64[:, None]) * H_OUT
         p_mask = mask_ptr + (tl.minimum(layer, LAYERS - 2) * seq_len * batch + o_b64[:, None]) * H_OUT
         ih_slot = PROGRAMS * h_slot

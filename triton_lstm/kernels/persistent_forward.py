@@ -120,11 +120,11 @@ def lstm_persistent_forward_kernel(
     hs_slot = n_g.to(tl.int64) * batch * H_OUT
     cs_slot = n_g.to(tl.int64) * batch * HIDDEN
     gates_slot = n_g.to(tl.int64) * batch * (4 * HIDDEN)
-    p_hs = hs_ptr + i_g * batch * H_OUT + o_b64 * H_OUT  # (BLOCK_B,) rows of slot 0
-    p_cs = cs_ptr + i_g * batch * HIDDEN + o_b64[:, None] * HIDDEN + o_u[None, :]
-    p_gates = gates_ptr + i_g * batch * (4 * HIDDEN) + o_b64[:, None] * (4 * HIDDEN) + o_u[None, :]
+    p_hs = hs_ptr + (i_g * batch + o_b64) * H_OUT  # (BLOCK_B,) rows of slot 0
+    p_cs = cs_ptr + (i_g * batch + o_b64[:, None]) * HIDDEN + o_u[None, :]
+    p_gates = gates_ptr + (i_g * batch + o_b64[:, None]) * (4 * HIDDEN) + o_u[None, :]
     p_xp = x_proj_ptr + o_b64[:, None] * stride_xp_b + direction * (4 * HIDDEN) + o_u[None, :]
-    p_m = unprojected_ptr + i_g * batch * HIDDEN + o_b64 * HIDDEN  # (BLOCK_B,) rows
+    p_m = unprojected_ptr + (i_g * batch + o_b64) * HIDDEN  # (BLOCK_B,) rows
     w_hh = w_hh_ptr + i_g.to(tl.int64) * (4 * HIDDEN * H_OUT)
     w_hr = w_hr_ptr + i_g.to(tl.int64) * (H_OUT * HIDDEN)
     if HAS_LENGTHS:
