@@ -20,6 +20,8 @@ from triton_lstm import launch, precision, tuning
 # with the kernels of that time). float64 (untimed): 32, as 64 spills 4 bytes on sm_80 with triton 3.6 (aot report,
 # H = 1024 with a projection).
 STREAM_K = {2: 256, 4: 128, 8: 32}
+# A stacked layer's chunk in exact float32, which streams W_ih too (untimed; registers, see plan_for).
+STACKED_FMA_STREAM_K = 64
 # The activations a program loads each step from other programs (forward: h_{t-1}, BLOCK_B x H_out in the input
 # dtype; backward: the partial products of its units, BLOCK_B x H in fp32, all loads issued before the first add) are
 # held in registers: at most this many bytes per thread (64 registers), so that the rest of the step has room. The
@@ -38,10 +40,10 @@ MAX_UNITS = 128
 # Shared memory one block may use (opt-in maximum) where torch does not report it: A100 (sm_80), H100/H200 (sm_90).
 SHARED_BYTES = {80: 166_912, 86: 101_376, 89: 101_376, 90: 232_448}
 # Columns of H_out per chunk of the backward's products (its partial products of dL/dh_{t-1}, and dL/dh @ W_hr):
-# 128 where they run on tensor cores; 64 for exact float32, whose FMA products hold every K of a chunk in registers
-# (aot report, H = 1024 on sm_80 with 8 warps: 828 bytes spilled with 128, none with 64), and 32 with a projection
-# (H = 1024, P = 256 on sm_90: 4 bytes spilled with 64 since the exact activations, none with 32).
-PARTIAL_CHUNK = {"tensor cores": 128, "fma": 64, "fma with projection": 32}
+# 128 where they run on tensor cores. Exact float32 FMA products hold every K of a chunk in registers (aot report,
+# H = 1024, 8 warps, triton 3.6 and 3.9): 64 with W_hh resident (none spilled on sm_90; 4 bytes with 32 on 3.9), 32
+# where W_hh streams (8 bytes spilled with 64 on sm_80, 3.9) or with a projection (4 bytes with 64 at P = 256, sm_90).
+PARTIAL_CHUNK = {"tensor cores": 128, "fma, resident": 64, "fma": 32}
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
     resident = estimate <= facts.shared_bytes
     k_chunk = 0
     if backward:
-        products = "tensor cores" if tensor_cores else ("fma with projection" if projected else "fma")
+        products = "tensor cores" if tensor_cores else ("fma, resident" if resident and not projected else "fma")
         block_k = min(k_pad, PARTIAL_CHUNK[products])
         k_split = 1
         if not tensor_cores or dtype == torch.float64:
@@ -181,7 +183,17 @@ def plan_for(hidden: int, h_out: int, batch: int, num_directions: int, dtype: to
         block_k = k_pad if resident else STREAM_K[element]
         # Warps share the reduction in halves (two chains of dependent MMAs instead of one twice as long), except
         # for a 64-row batch tile, whose plain product is a Hopper wgmma; four parts spill on sm_90 (aot report).
-        k_split = 2 if resident and block_b < 64 and k_pad >= 64 else 1
+        k_split = 2 if resident and block_b < 64 and k_pad >= 64 and not stacked else 1
+        if stacked:
+            # A stacked layer's two products (W_hh and W_ih), aot report at H = 512, B = 16 on triton 3.6 and 3.9:
+            # resident, 8 warps and no split (4 warps split spill up to 136 bytes in fp16 on 3.6, and 8 warps no
+            # split none); streamed, the default warps, and exact float32 in chunks of 64 (12 bytes spilled with
+            # 128 on sm_80, 3.6; none with 64).
+            k_split = 1
+            if resident:
+                num_warps = max(num_warps, 8)
+            elif not tensor_cores:
+                block_k = min(block_k, STACKED_FMA_STREAM_K)
     return Plan(block_b, units, block_n, block_k, h_pad, k_split, resident, programs, batch_tiles, num_warps, k_chunk)
 
 
