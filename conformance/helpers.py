@@ -33,6 +33,32 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 # 1e-7 to 2e-5 away; comparing with it directly would measure torch's error, not ours. The tests give one for these
 # dtypes.
 FLOAT64_REFERENCED = (*LOW_PRECISION, torch.float32)
+# A launcher's three outputs, as the checks name them.
+STATES = ("output", "h_n", "c_n")
+
+
+def reference_checker(dtype: torch.dtype, accumulator: torch.dtype | None = None):
+    """``check(name, ours, expected)``: a launcher's result against a float64 reference, within ``dtype``'s
+    tolerance; with ``accumulator``, every result but the three states must come back in that dtype."""
+    tol = TOLERANCES[dtype]
+
+    def check(name: str, ours: torch.Tensor, expected: torch.Tensor) -> None:
+        assert accumulator is None or name in STATES or ours.dtype == accumulator, name
+        torch.testing.assert_close(ours.double(), expected, atol=tol.atol, rtol=tol.rtol, msg=lambda m: f"{name}: {m}")
+
+    return check
+
+
+def check_states_and_input_grads(check, states, ref, input_grads, ref_grads, valid=None) -> None:
+    """(output, h_n, c_n) against ``ref`` and (d_x, d_h0, d_c0) against the first three of ``ref_grads``; output rows
+    past their sequence's length (``valid``, (T, B), False) are not outputs and are zeroed first."""
+    output, h_n, c_n = states
+    if valid is not None:
+        output = output * valid[:, :, None]
+    for name, ours, expected in zip(STATES, (output, h_n, c_n), ref, strict=True):
+        check(name, ours, expected)
+    for name, ours, expected in zip(("d_x", "d_h0", "d_c0"), input_grads, ref_grads[:3], strict=True):
+        check(name, ours, expected)
 
 
 def _describe(diff: torch.Tensor) -> str:

@@ -13,7 +13,8 @@ Largest sizes supported (element counts; the dtype does not matter):
 - Whole-sequence buffers: any size. x @ W_ih^T of every step (T, B, D * 4H), and in the persistent kernels the
   saved states and gates (T + 1, D, B, H_out | H | 4H) and their gradients, are indexed with 64-bit time offsets.
 - One step's slice: strides are passed by value (Triton types one of 2^31 or more as i64), so the per-step kernels
-  take any B; the persistent kernels compute ``direction * batch * 4H`` in i32, so B * 4H < 2^31 there.
+  take any B; the persistent kernels take their group's slices (direction or layer) at int64 offsets, and their
+  rows at ``(group * batch + row)`` elements of one step, so groups * B < 2^31 there.
 - W_hh and W_hr of one direction: 4H * H_out < 2^31 (the offsets inside a weight matrix are i32).
 - T < 2^31 and B < 2^31: lengths are int32, as are the batch indices.
 """

@@ -8,7 +8,7 @@ import torch
 import triton
 
 import triton_lstm
-from conformance.helpers import TOLERANCES
+from conformance.helpers import check_states_and_input_grads, reference_checker
 from triton_lstm import launch, launch_persistent
 from triton_lstm.reference import reference_lstm, reference_lstm_varlen
 
@@ -150,19 +150,9 @@ def test_kernels_against_reference(kernel, num_directions, bias, proj, ragged, d
     grads = backward(grad_out, grad_h, grad_c, x, h0, c0, w_ih, w_hh, w_hr, saved, lengths, **backward_options)
     d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_bias, d_w_hr = grads
 
-    tol = TOLERANCES[dtype]
-
-    def check(name, ours, expected):
-        assert ours.dtype == launch.accumulator_dtype(dtype) or name in ("output", "h_n", "c_n"), name
-        torch.testing.assert_close(ours.double(), expected, atol=tol.atol, rtol=tol.rtol, msg=lambda m: f"{name}: {m}")
-
-    if ragged:
-        output = output * valid[:, :, None]
-    for name, ours, expected in zip(("output", "h_n", "c_n"), (output, h_n, c_n), ref, strict=True):
-        check(name, ours, expected)
-    check("d_x", d_x, ref_grads[0])
-    check("d_h0", d_h0, ref_grads[1])
-    check("d_c0", d_c0, ref_grads[2])
+    check = reference_checker(dtype, launch.accumulator_dtype(dtype))
+    check_states_and_input_grads(check, (output, h_n, c_n), ref, (d_x, d_h0, d_c0), ref_grads,
+                                 valid if ragged else None)  # fmt: skip
     per = len(weights) // num_directions
     ref_w = [ref_grads[3 + d * per : 3 + (d + 1) * per] for d in range(num_directions)]
     check("d_w_ih", d_w_ih, torch.stack([g[0] for g in ref_w]))

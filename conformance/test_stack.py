@@ -11,7 +11,7 @@ import triton
 from torch.nn.utils.rnn import pack_sequence
 
 import triton_lstm
-from conformance.helpers import TOLERANCES, assert_conforms
+from conformance.helpers import assert_conforms, check_states_and_input_grads, reference_checker
 from triton_lstm import functional, launch, launch_persistent, launch_stack, tuning
 from triton_lstm.reference import reference_lstm, reference_lstm_varlen
 
@@ -146,18 +146,9 @@ def test_stack_kernels_against_reference(dropout, proj, ragged, dtype, device):
         grads = launch_stack.stack_backward(grad_out, grad_h, grad_c, x, h0, c0, layers[0][0], w_ih_rest, w_hh, w_hr,
                                             masks, saved, lengths, plan=backward_plan)  # fmt: skip
     d_x, d_h0, d_c0, d_w_ih0, d_w_ih_rest, d_w_hh, d_bias, d_w_hr = grads
-    tol = TOLERANCES[dtype]
-
-    def check(name, ours, expected):
-        torch.testing.assert_close(ours.double(), expected, atol=tol.atol, rtol=tol.rtol, msg=lambda m: f"{name}: {m}")
-
-    if ragged:
-        output = output * valid[:, :, None]
-    for name, ours, expected in zip(("output", "h_n", "c_n"), (output, h_n, c_n), ref, strict=True):
-        check(name, ours, expected)
-    check("d_x", d_x, ref_grads[0])
-    check("d_h0", d_h0, ref_grads[1])
-    check("d_c0", d_c0, ref_grads[2])
+    check = reference_checker(dtype)
+    check_states_and_input_grads(check, (output, h_n, c_n), ref, (d_x, d_h0, d_c0), ref_grads,
+                                 valid if ragged else None)  # fmt: skip
     ref_w = [ref_grads[3 + layer * per : 3 + (layer + 1) * per] for layer in range(num_layers)]
     check("d_w_ih (layer 0)", d_w_ih0, ref_w[0][0])
     check("d_w_ih (layers 1+)", d_w_ih_rest, torch.stack([g[0] for g in ref_w[1:]]))
