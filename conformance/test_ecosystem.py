@@ -153,6 +153,24 @@ def test_compile_fullgraph_matches_eager(backend, config, device, fresh_dynamo):
         assert_all_conform(f"T={seq_len} grads", got_grads, expected_grads)
 
 
+@pytest.mark.parametrize(
+    ("kernel", "config"),
+    [("step", {"bidirectional": True, "proj_size": P}), ("persistent", {"num_layers": 3})],
+    ids=["step-bidir-proj", "persistent-L3"],
+)
+def test_compile_with_frozen_weights_matches_torch(kernel, config, device, fresh_dynamo):
+    """A frozen LSTM behind trainable layers (every weight requires_grad=False, the input trainable) compiles with
+    fullgraph=True; the stacked weights of two directions or of a stacked launch take no autograd node then."""
+    _, theirs = build_pair(IN, H, device=device, **config)
+    theirs.requires_grad_(False)
+    compiled = torch.compile(triton_lstm.LSTM.from_torch(theirs, kernel=kernel), fullgraph=True, backend="aot_eager")
+    x = torch.randn(T, B, IN, device=device, requires_grad=True)
+    expected, expected_grads = run_and_grad(theirs, x, None, [x])
+    got, got_grads = run_and_grad(compiled, x, None, [x])
+    assert_all_conform("outputs", got, expected)
+    assert_all_conform("grads", got_grads, expected_grads)
+
+
 def test_compiled_inference_saves_nothing(device, fresh_dynamo, save_flags):
     """Under no_grad the compiled graph calls the forward with save=False; with a gradient wanted, save=True."""
     ours, _ = build_pair(IN, H, device=device, num_layers=2)

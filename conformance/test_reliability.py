@@ -20,6 +20,7 @@ proves that the Triton kernels ran (``triton_only``).
 - Threads: two threads running different LSTM shapes at once get torch's results.
 """
 
+import contextlib
 import gc
 import os
 import sys
@@ -533,6 +534,38 @@ def test_weight_changed_in_place_between_forward_and_backward_raises_like_torch(
             getattr(ours, weight).mul_(0.5)
         with pytest.raises(RuntimeError, match=message):
             output.sum().backward()
+
+
+FROZEN_CASES = [
+    ({"bidirectional": True}, "weight_hh_l0"),
+    ({"bidirectional": True}, "weight_ih_l0_reverse"),
+    ({"bidirectional": True}, "weight_hr_l0"),
+    ({"num_layers": 3}, "weight_hh_l1"),  # one direction: the persistent kernel stacks the layers' matrices
+    ({"num_layers": 3}, "weight_ih_l2"),
+]
+
+
+@pytest.mark.parametrize(("layout", "weight"), FROZEN_CASES, ids=[f"{next(iter(k))}-{w}" for k, w in FROZEN_CASES])
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_frozen_weight_changed_in_place_between_forward_and_backward_raises_like_torch(
+    kernel, layout, weight, device, triton_only
+):
+    """Every weight frozen (requires_grad=False), the input trainable: torch keeps the weights for the input's
+    gradient and raises when one changed in place; so do we, where weights are stacked from several tensors."""
+    config = {"input_size": 3, "hidden_size": 4, "proj_size": 2, **layout}
+    reference, ours = _modules(config, torch.float32, device, kernel)
+    for module in (reference, ours):
+        module.requires_grad_(False)
+    randn = _random(torch.Generator().manual_seed(9), device, torch.float32)
+    x = randn(5, 2, 3).requires_grad_()
+    message = "modified by an inplace operation"
+    for module, only in ((reference, contextlib.nullcontext), (ours, triton_only)):
+        with only():
+            output = module(x)[0]
+            with torch.no_grad():
+                getattr(module, weight).mul_(0.5)
+            with pytest.raises(RuntimeError, match=message):
+                output.sum().backward()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -68,26 +68,57 @@ class _StackWeights(torch.autograd.Function):
         return grad.unbind(0)
 
 
+class _WatchVersions(torch.autograd.Function):
+    """Passes a layer's (or stack's) outputs on and keeps the given weights for backward, so that autograd
+    checks their versions there. For frozen weight matrices stacked from several tensors: no gradient flows into
+    their ``_StackWeights`` node, so its check never runs, yet torch's LSTM, which keeps every weight, raises when one
+    is changed in place between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, count, *tensors):
+        ctx.save_for_backward(*tensors[:count])
+        # Copies, not views: a view made here could not be changed in place, and torch's outputs can.
+        return tuple(t.clone() for t in tensors[count:])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.saved_tensors  # noqa: B018 -- reading them is the version check
+        return None, *(None for _ in ctx.saved_tensors), *grads
+
+
+def _watch_frozen(outputs, weight_lists):
+    """``outputs`` through ``_WatchVersions`` when a gradient will flow through them and a weight matrix list of more
+    than one tensor has none that requires a gradient; else unchanged."""
+    frozen = [w for ws in weight_lists if len(ws) > 1 and ws[0] is not None and ws[0].dim() == 2
+              and not any(w.requires_grad for w in ws) for w in ws]  # fmt: skip
+    if not frozen or not torch.is_grad_enabled() or not any(t.requires_grad for t in outputs):
+        return outputs
+    return _WatchVersions.apply(len(frozen), *frozen, *outputs)
+
+
 def _stack(tensors):
-    """Per-direction weights stacked to (D, ...). One direction takes a view, not a copy, which autograd's version
-    check covers by itself. With two, weight matrices that require a gradient go through ``_StackWeights``; biases
-    do not: backward needs no bias values, and torch's LSTM does not raise for a bias changed in place either."""
+    """Per-direction (or per-layer) weights stacked to (D, ...). One takes a view, not a copy, which autograd's
+    version check covers by itself. With more, weight matrices of which one requires a gradient go through
+    ``_StackWeights`` (frozen ones are watched by ``_watch_frozen``); biases do not: backward needs no bias values,
+    and torch's LSTM does not raise for a bias changed in place either."""
     if tensors[0] is None:
         return None
     if len(tensors) == 1:
         return tensors[0].unsqueeze(0)
-    return _StackWeights.apply(*tensors) if tensors[0].dim() == 2 else torch.stack(tensors)
+    watched = tensors[0].dim() == 2 and any(t.requires_grad for t in tensors)
+    return _StackWeights.apply(*tensors) if watched else torch.stack(tensors)
 
 
 def _layer(x, h0, c0, layer_weights, lengths, kernel):
     """One layer through the ``triton_lstm::layer_forward`` operator; it keeps per-step buffers for backward only
     when a gradient is wanted."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = (_stack([w[k] for w in layer_weights]) for k in range(5))
+    per_kind = [[w[k] for w in layer_weights] for k in range(5)]
+    w_ih, w_hh, b_ih, b_hh, w_hr = (_stack(ws) for ws in per_kind)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     )
     output, h_n, c_n, *_ = ops.layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, kernel, save)
-    return output, h_n, c_n
+    return _watch_frozen((output, h_n, c_n), per_kind)
 
 
 def _autocast(input, hx, weights):
@@ -175,7 +206,7 @@ def _stacked_layers(x, hx, weights, lengths, masks, *, num_layers, bias, proj_si
     h0, c0 = hx
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, h0, c0, *w_ih, *stacked))
     output, h_n, c_n, *_ = ops.stack_forward(x, h0, c0, w_ih[0], *stacked, masks, lengths, save)
-    return output, h_n, c_n
+    return _watch_frozen((output, h_n, c_n), (w_ih[1:], w_hh, w_hr))
 
 
 def lstm(input, hx, weights, *, num_layers, bias, bidirectional, proj_size, dropout, training, kernel):
